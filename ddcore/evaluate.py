@@ -39,8 +39,11 @@ def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Te
 
 
 def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, cfg: EvalConfig,
-                  seed: int, device) -> torch.nn.Module:
-    """A fresh network trained on (images, labels) with the protocol's recipe."""
+                  seed: int, device, resample=None) -> torch.nn.Module:
+    """A fresh network trained on (images, labels) with the protocol's recipe.
+
+    resample: optional () -> (images, labels) called at every epoch (see train_network).
+    """
     device = resolve_device(device)
     check_images("images", images, dataset.channels, dataset.im_size)
     check_labels("labels", labels, dataset.num_classes)
@@ -49,8 +52,30 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
         torch.manual_seed(seed)
         net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size).to(device)
     dsa = dsa_for(dataset.name) if cfg.dsa else None
-    train_network(net, images.to(device), labels.to(device), cfg.train, dsa, gen)
+    train_network(net, images.to(device), labels.to(device), cfg.train, dsa, gen, resample=resample)
     return net
+
+
+def student_for(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seed: int, device) -> torch.nn.Module:
+    """A student trained on a synthetic set: its images, or fresh D3 samples every epoch."""
+    resample = epoch_sampler(syn, dataset, seed, device)
+    images, labels = resample() if resample else (syn.images, syn.labels)
+    return train_student(images, labels, dataset, cfg, seed, device, resample=resample)
+
+
+def epoch_sampler(syn: SyntheticSet, dataset: Dataset, seed: int, device):
+    """For a generative set (D3): a function giving each epoch's fresh images; None otherwise."""
+    if syn.meta.get("generative") is None:
+        return None
+    if syn.meta["generative"] != "d3":
+        raise ValueError(f"unknown generative set kind {syn.meta['generative']!r}; this ddcore knows 'd3'")
+    from .decoder import epoch_images
+    from .distill.d3 import load_decoder
+    device = resolve_device(device)
+    decoder = load_decoder(syn, dataset.channels, dataset.im_size).to(device)
+    mu, logvar = syn.extras["mu"].to(device), syn.extras["logvar"].to(device)
+    labels, gen = syn.labels.to(device), torch.Generator().manual_seed(seed)
+    return lambda: epoch_images(decoder, mu, logvar, labels, dataset.normalize, gen)
 
 
 def evaluate_synthetic(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | None = None, seed: int = 0,
@@ -67,7 +92,7 @@ def evaluate_synthetic(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | No
     check_images("test_images", images_test, dataset.channels, dataset.im_size)
     rows = []
     for k in _progress(range(cfg.num_nets), progress, syn):
-        net = train_student(syn.images, syn.labels, dataset, cfg, seed + k, device)
+        net = student_for(syn, dataset, cfg, seed + k, device)
         pred = predict(net, images_test)
         rows.append(_row(syn, dataset, cfg, seed + k, k, pred, test_groups))
     return pd.DataFrame(rows)
@@ -214,7 +239,7 @@ def evaluate_robustness(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | N
     corrupted = {kind: dataset.normalize(corrupt(unit, kind, seed)) for kind in corruptions}
     rows = []
     for n in _progress(range(cfg.num_nets), progress, syn):
-        net = train_student(syn.images, syn.labels, dataset, cfg, seed + n, device)
+        net = student_for(syn, dataset, cfg, seed + n, device)
         pred = predict(net, dataset.images_test)
         row = _row(syn, dataset, cfg, seed + n, n, pred, test_groups)
         clustered = cluster_min_accuracy(pred, dataset, k, cluster_seed)

@@ -30,13 +30,19 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 Risk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (per-sample losses, batch indices) -> scalar
 
 
+Resample = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # () -> fresh (images, labels) for an epoch
+
+
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                  dsa: DSAConfig | None, generator: torch.Generator, risk: Risk | None = None) -> list[float]:
+                  dsa: DSAConfig | None, generator: torch.Generator, risk: Risk | None = None,
+                  resample: Resample | None = None) -> list[float]:
     """Train `net` in place with SGD on (images, labels); returns the mean loss of each epoch.
 
     Images and labels must already be on the net's device. DSA uses one family per batch and
     parameters per image, as the reference does when training students. `risk` replaces the
-    mean of the per-sample losses (e.g. the robust risk over subpopulations).
+    mean of the per-sample losses (e.g. the robust risk over subpopulations). `resample`, when
+    given, replaces (images, labels) at the start of every epoch (a generative set such as D3's
+    shows fresh samples each epoch); it must keep their number.
     """
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     net.train()
@@ -45,6 +51,8 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
         if cfg.decay_at_half and epoch == cfg.epochs // 2 and epoch > 0:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * 0.1
+        if resample is not None:
+            images, labels = resample()
         perm = torch.randperm(n, generator=generator).to(images.device)
         total = 0.0
         for idx in perm.split(cfg.batch_size):

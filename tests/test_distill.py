@@ -5,9 +5,13 @@ from ddcore.distill import available_methods, distill, method_config
 from ddcore.distill.baselines import herd
 from ddcore.distill.dc import default_loops, gradient_distance
 from ddcore.distill.dm import class_means, dm_loss
+from ddcore.decoder import DecoderConfig
+from ddcore.experts import ExpertConfig
 from ddcore.models import ModelConfig, create_model
 
 TINY = ModelConfig(width=8)
+TINY_EXPERTS = ExpertConfig(num_experts=1, epochs=2, model=TINY)
+TRAJECTORY = {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1, "experts": TINY_EXPERTS}
 # Options that make each method finish in about a second on a 2-core CPU.
 FAST = {
     "random": {},
@@ -15,6 +19,9 @@ FAST = {
     "kmeans_coreset": {"n_init": 1},
     "dm": {"iterations": 3, "batch_real": 8, "model": TINY},
     "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "model": TINY},
+    "mtt": {"iterations": 2, **TRAJECTORY},
+    "d3": {"iterations": 2, "batch_real": 8, "decoder": DecoderConfig(latent_dim=4, width=4),
+           "soft_labels": False, **TRAJECTORY},
 }
 
 

@@ -74,4 +74,4 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
 
 
 # Importing the method modules fills the registry.
-from . import baselines, dc, dm  # noqa: E402,F401
+from . import baselines, d3, dc, dm, mtt  # noqa: E402,F401

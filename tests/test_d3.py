@@ -1,0 +1,255 @@
+"""Experts, trajectory matching, the decoder, the MMD, D3 sets, soft labels and storage."""
+import pytest
+import torch
+
+from ddcore.decoder import Decoder, DecoderConfig, decode, epoch_images, num_parameters, sample_latents
+from ddcore.distill import distill
+from ddcore.distill.d3 import load_decoder, mmd2_unbiased
+from ddcore.distill.mtt import trajectory_matching_loss
+from ddcore.evaluate import EvalConfig, epoch_sampler, evaluate_synthetic
+from ddcore.experts import (ExpertConfig, expert_dir, flat_params, forward_with, load_or_train_experts,
+                            unflatten)
+from ddcore.labels import LabellerConfig, soft_labels, train_labeller, with_soft_labels
+from ddcore.models import ModelConfig, create_model
+from ddcore.storage import d3_ipc_equivalent, storage
+from ddcore.synthetic import SyntheticSet
+from ddcore.train import TrainConfig
+
+TINY = ModelConfig(width=8)
+EXPERTS = ExpertConfig(num_experts=2, epochs=2, model=TINY)
+D3_FAST = dict(iterations=2, batch_real=8, decoder=DecoderConfig(latent_dim=4, width=4), syn_steps=2,
+               expert_epochs=1, max_start_epoch=1, experts=ExpertConfig(num_experts=1, epochs=2, model=TINY))
+
+
+# --- experts -----------------------------------------------------------------------------------
+
+def test_flat_params_round_trip_and_functional_forward_match_the_module():
+    net = create_model("convnet", 1, 10, (28, 28), width=8)
+    flat = flat_params(net)
+    assert flat.numel() == sum(p.numel() for p in net.parameters())
+    for (name, p), v in zip(net.named_parameters(), unflatten(net, flat).values()):
+        assert torch.equal(p, v), name
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(forward_with(net, flat, x), net(x), atol=1e-6)
+    assert torch.allclose(forward_with(net, flat, x, features=True), net.embed(x), atol=1e-6)
+    with pytest.raises(ValueError, match="flat vector has 5 values"):
+        unflatten(net, torch.zeros(5))
+
+
+def test_batch_norm_networks_are_refused_for_trajectory_matching():
+    net = create_model("convnet", 1, 10, (28, 28), width=8, norm="batch")
+    with pytest.raises(ValueError, match="without buffers"):
+        forward_with(net, flat_params(net), torch.randn(2, 1, 28, 28))
+
+
+def test_experts_are_trained_once_saved_and_reused(small, tmp_path):
+    first = load_or_train_experts(small, EXPERTS, seed=0, device="cpu", root=tmp_path)
+    assert len(first) == 2 and first[0].shape == (3, flat_params(create_model("convnet", 1, 10, (28, 28), width=8)).numel())
+    assert not torch.equal(first[0][0], first[0][-1])          # training moved the parameters
+    assert not torch.equal(first[0][0], first[1][0])           # experts start from different inits
+    files = sorted(expert_dir(tmp_path, small, EXPERTS).glob("*.safetensors"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = load_or_train_experts(small, EXPERTS, seed=0, device="cpu", root=tmp_path)
+    assert [f.stat().st_mtime_ns for f in files] == stamps     # read, not retrained
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_expert_file_of_another_config_is_refused(small, tmp_path):
+    load_or_train_experts(small, EXPERTS, seed=0, device="cpu", root=tmp_path)
+    folder = expert_dir(tmp_path, small, EXPERTS)
+    other = ExpertConfig(num_experts=2, epochs=3, model=TINY)
+    target = expert_dir(tmp_path, small, other)
+    target.mkdir()
+    (folder / "expert_0_0.safetensors").rename(target / "expert_0_0.safetensors")
+    with pytest.raises(ValueError, match="trained with another config"):
+        load_or_train_experts(small, other, seed=0, device="cpu", root=tmp_path)
+
+
+# --- trajectory matching -------------------------------------------------------------------------
+
+class _Steps:
+    syn_steps, expert_epochs, max_start_epoch, batch_syn = 3, 1, 1, None
+
+
+def test_trajectory_loss_is_one_when_the_student_does_not_move(small):
+    trajectories = load_or_train_experts(small, EXPERTS, seed=0, device="cpu")
+    net = create_model("convnet", 1, 10, (28, 28), width=8)
+    images = small.images_train[:20].clone().requires_grad_(True)
+    labels = small.labels_train[:20]
+    gen = torch.Generator().manual_seed(0)
+    loss = trajectory_matching_loss(net, trajectories, images, labels, torch.tensor(0.0), _Steps, None, gen)
+    assert loss.item() == pytest.approx(1.0)
+
+
+def test_trajectory_loss_sends_gradients_to_images_and_step_size(small):
+    trajectories = load_or_train_experts(small, EXPERTS, seed=0, device="cpu")
+    net = create_model("convnet", 1, 10, (28, 28), width=8)
+    images = small.images_train[:20].clone().requires_grad_(True)
+    syn_lr = torch.tensor(0.01, requires_grad=True)
+    loss = trajectory_matching_loss(net, trajectories, images, small.labels_train[:20], syn_lr, _Steps, None,
+                                    torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(loss)
+    assert images.grad.abs().sum() > 0 and syn_lr.grad.abs() > 0
+
+
+def test_mtt_option_checks():
+    from ddcore.distill import method_config
+    with pytest.raises(ValueError, match="must be <= experts.epochs"):
+        method_config("mtt", max_start_epoch=19, expert_epochs=2)
+    with pytest.raises(ValueError, match="syn_steps"):
+        method_config("mtt", syn_steps=0)
+
+
+# --- decoder and MMD -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels,im_size", [(1, (28, 28)), (1, (16, 16)), (3, (32, 32)), (1, (8, 8)), (3, (30, 30))])
+def test_decoder_makes_images_of_the_data_set_shape(channels, im_size):
+    dec = Decoder(DecoderConfig(latent_dim=6, width=8), channels, im_size)
+    out = dec(torch.randn(5, 6))
+    assert out.shape == (5, channels, *im_size)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_sampling_is_seeded_and_grouped_by_prior():
+    mu, logvar = torch.randn(4, 3), torch.full((4, 3), -20.0)  # tiny variance: samples sit on the means
+    z = sample_latents(mu, logvar, 2, torch.Generator().manual_seed(0))
+    assert z.shape == (8, 3) and torch.allclose(z[::2], mu, atol=1e-3) and torch.allclose(z[1::2], mu, atol=1e-3)
+    a = sample_latents(mu, torch.zeros(4, 3), 2, torch.Generator().manual_seed(1))
+    b = sample_latents(mu, torch.zeros(4, 3), 2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_epoch_images_are_the_means_then_one_fresh_sample_per_prior(small):
+    dec = Decoder(DecoderConfig(latent_dim=4, width=4), 1, (28, 28))
+    mu, logvar, labels = torch.randn(6, 4), torch.zeros(6, 4), torch.arange(6) % 3
+    gen = torch.Generator().manual_seed(0)
+    x1, y1 = epoch_images(dec, mu, logvar, labels, small.normalize, gen)
+    x2, _ = epoch_images(dec, mu, logvar, labels, small.normalize, gen)
+    assert x1.shape == (12, 1, 28, 28) and torch.equal(y1, torch.cat([labels, labels]))
+    assert not torch.equal(x1[6:], x2[6:])                     # fresh samples each epoch
+    unit = small.to_unit(x1)
+    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5       # tanh read as [0, 1] pixels
+
+
+def test_mmd_is_near_zero_for_one_distribution_and_positive_for_two():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 16, generator=gen), torch.randn(200, 16, generator=gen)
+    same = mmd2_unbiased(x, y)
+    shifted = mmd2_unbiased(x, y + 1.0)
+    assert abs(same.item()) < 0.02 and shifted.item() > 10 * abs(same.item())
+    assert torch.allclose(mmd2_unbiased(x, y + 1), mmd2_unbiased(y + 1, x), atol=1e-5)
+
+
+def test_mmd_gradient_pulls_samples_towards_the_real_ones():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 8, generator=gen)
+    syn = (torch.randn(16, 8, generator=gen) + 2).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=5.0)
+    before = mmd2_unbiased(syn, real).item()
+    for _ in range(30):
+        opt.zero_grad()
+        mmd2_unbiased(syn, real).backward()
+        opt.step()
+    assert mmd2_unbiased(syn, real).item() < 0.5 * before
+
+
+# --- D3 sets -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("matching", ["mtt", "dm", "none"])
+def test_d3_learns_priors_and_decoder_and_saves_them(small, tmp_path, matching):
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, matching=matching, soft_labels=False, **D3_FAST)
+    assert syn.meta["generative"] == "d3" and syn.meta["lpc"] == 2
+    assert syn.extras["mu"].shape == (20, 4) and syn.extras["logvar"].shape == (20, 4)
+    assert syn.images.shape == (20, 1, 28, 28)             # the decoded mean images
+    path = tmp_path / "d3.safetensors"
+    syn.save(path)
+    back = SyntheticSet.load(path)
+    dec = load_decoder(back, 1, (28, 28))
+    with torch.no_grad():
+        again = decode(dec, back.extras["mu"], small.normalize)
+    assert torch.allclose(again, syn.images, atol=1e-5)     # everything needed is in the file
+
+
+def test_d3_training_moves_priors_and_decoder(small):
+    start = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **dict(D3_FAST, iterations=0))
+    after = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **D3_FAST)
+    assert not torch.equal(start.extras["mu"], after.extras["mu"])
+    assert not torch.equal(start.extras["decoder.fc.weight"], after.extras["decoder.fc.weight"])
+
+
+def test_d3_lpc_other_than_ipc_and_mmd_needs_two_per_class(small):
+    syn = distill("d3", small, ipc=1, seed=0, progress=False, lpc=3, soft_labels=False, **D3_FAST)
+    assert syn.extras["mu"].shape[0] == 30 and syn.meta["ipc"] == 1
+    with pytest.raises(ValueError, match="needs lpc \\* samples_per_prior >= 2"):
+        distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **D3_FAST)
+
+
+def test_d3_soft_labels_come_from_the_labeller_on_mean_images(small, tmp_path):
+    labeller_cfg = LabellerConfig(epochs=1, model=TINY)
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, labeller=labeller_cfg, experts_dir=str(tmp_path),
+                  **D3_FAST)
+    assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
+    labeller = train_labeller(small, labeller_cfg, seed=0, root=tmp_path)    # read back from tmp_path
+    assert torch.allclose(syn.labels, soft_labels(labeller, syn.images), atol=1e-5)
+
+
+def test_d3_students_see_fresh_samples_each_epoch_and_get_evaluated(small):
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **D3_FAST)
+    sampler = epoch_sampler(syn, small, seed=0, device="cpu")
+    (x1, y1), (x2, y2) = sampler(), sampler()
+    assert x1.shape == (40, 1, 28, 28) and torch.equal(y1, y2)
+    assert torch.allclose(x1[:20], syn.images, atol=1e-5) and not torch.equal(x1[20:], x2[20:])
+    rows = evaluate_synthetic(syn, small, EvalConfig(model=TINY, train=TrainConfig(epochs=2), num_nets=1))
+    assert 0.0 <= rows.accuracy.iloc[0] <= 1.0 and rows.method.iloc[0] == "d3"
+    assert epoch_sampler(distill("random", small, ipc=2), small, 0, "cpu") is None
+
+
+# --- labels and storage --------------------------------------------------------------------------
+
+def test_with_soft_labels_keeps_images_and_names_the_method(small):
+    labeller = train_labeller(small, LabellerConfig(epochs=1, model=TINY))
+    syn = distill("random", small, ipc=2)
+    soft = with_soft_labels(syn, labeller)
+    assert soft.meta["method"] == "random+soft" and torch.equal(soft.images, syn.images)
+    assert soft.labels.shape == (20, 10) and syn.labels.dtype == torch.long  # the original is untouched
+
+
+def test_storage_of_an_image_set_counts_images_and_labels(small):
+    syn = distill("random", small, ipc=3)
+    s = storage(syn)
+    assert s["images_values"] == 30 * 784 and s["labels_values"] == 30
+    assert s["bytes"] == 30 * 784 * 4 + 30 * 8
+    assert s["ipc_equivalent"] == pytest.approx((30 * 784 + 30) / (10 * 784))
+
+
+def test_storage_of_a_d3_set_counts_priors_decoder_and_soft_labels_not_images(small):
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **D3_FAST)
+    syn.labels = torch.full((20, 10), 0.1)
+    dec = load_decoder(syn, 1, (28, 28))
+    s = storage(syn)
+    assert s["images_values"] == 0
+    assert s["priors_values"] == 2 * 20 * 4
+    assert s["decoder_values"] == num_parameters(dec)
+    assert s["labels_values"] == 200
+    assert s["values"] == 160 + num_parameters(dec) + 200
+    assert s["ipc_equivalent"] == pytest.approx(s["values"] / 7840)
+
+
+def test_storage_model_matches_a_measured_set_and_the_decoder_pays_off_with_more_classes(small):
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **D3_FAST)
+    syn.labels = torch.full((20, 10), 0.1)
+    dec_values = storage(syn)["decoder_values"]
+    model = d3_ipc_equivalent(10, 2, 4, dec_values, 784)
+    assert model == pytest.approx(storage(syn)["ipc_equivalent"])
+    per_class = [d3_ipc_equivalent(c, 2, 4, 50_000, 784) for c in (10, 100)]
+    assert per_class[1] < per_class[0]
+    with pytest.raises(ValueError, match="lpc"):
+        d3_ipc_equivalent(10, 0, 4, 100, 784)
+
+
+def test_storage_refuses_what_it_cannot_count():
+    with pytest.raises(TypeError, match="SyntheticSet"):
+        storage(torch.zeros(3))
+    with pytest.raises(ValueError, match="num_classes"):
+        storage(SyntheticSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), {}))

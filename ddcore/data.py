@@ -8,6 +8,7 @@ sets are read from torchvision's on-disk layout under `root` by small readers in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -121,6 +122,15 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     """
     check_choice("name", name, available_datasets())
     return _LOADERS[name](None if root is None else Path(root).expanduser(), bool(download))
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """A cheap content hash of the train split: subsets keep their parent's name."""
+    x = dataset.images_train.detach().cpu().flatten()
+    h = hashlib.sha1(str(tuple(dataset.images_train.shape)).encode())
+    h.update(x[::max(1, x.numel() // 2**20)].contiguous().numpy().tobytes())  # ~4 MB at most
+    h.update(dataset.labels_train.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def subset_per_class(dataset: Dataset, n_per_class: int, seed: int) -> Dataset:

@@ -64,17 +64,31 @@ def student_for(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seed: int,
 
 
 def epoch_sampler(syn: SyntheticSet, dataset: Dataset, seed: int, device):
-    """For a generative set (D3): a function giving each epoch's fresh images; None otherwise."""
-    if syn.meta.get("generative") is None:
+    """For a generative set (D3, or an aggregate of D3 subtasks): a function giving each epoch's
+    fresh images and labels; None for a set of fixed images."""
+    parts = syn.parts()
+    if not any(p.meta.get("generative") for p in parts):
         return None
-    if syn.meta["generative"] != "d3":
-        raise ValueError(f"unknown generative set kind {syn.meta['generative']!r}; this ddcore knows 'd3'")
+    gen, device = torch.Generator().manual_seed(seed), resolve_device(device)
+    samplers = [_part_sampler(p, dataset, gen, device) for p in parts]
+
+    def sample():
+        drawn = [s() for s in samplers]
+        return torch.cat([x for x, _ in drawn]), torch.cat([y for _, y in drawn])
+    return sample
+
+
+def _part_sampler(part: SyntheticSet, dataset: Dataset, gen: torch.Generator, device):
+    kind = part.meta.get("generative")
+    if kind is None:
+        images, labels = part.images.to(device), part.labels.to(device)
+        return lambda: (images, labels)
+    if kind != "d3":
+        raise ValueError(f"unknown generative set kind {kind!r}; this ddcore knows 'd3'")
     from .decoder import epoch_images
     from .distill.d3 import load_decoder
-    device = resolve_device(device)
-    decoder = load_decoder(syn, dataset.channels, dataset.im_size).to(device)
-    mu, logvar = syn.extras["mu"].to(device), syn.extras["logvar"].to(device)
-    labels, gen = syn.labels.to(device), torch.Generator().manual_seed(seed)
+    decoder = load_decoder(part, dataset.channels, dataset.im_size).to(device)
+    mu, logvar, labels = part.extras["mu"].to(device), part.extras["logvar"].to(device), part.labels.to(device)
     return lambda: epoch_images(decoder, mu, logvar, labels, dataset.normalize, gen)
 
 

@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from .augment import dsa_for
 from .checks import check_int, check_writable_dir
-from .data import Dataset
+from .data import Dataset, fingerprint
 from .io import load_tensors, save_tensors
 from .models import ModelConfig, build_model
 from .train import TrainConfig, train_network
@@ -78,8 +78,9 @@ def forward_with(net: nn.Module, flat: torch.Tensor, x: torch.Tensor, features: 
 
 
 def expert_dir(root: str | Path, dataset: Dataset, cfg: ExpertConfig) -> Path:
-    """Folder of the experts for (data set, config): the config's hash is in the name."""
-    digest = hashlib.sha1(repr(asdict(cfg)).encode()).hexdigest()[:8]
+    """Folder of the experts for (data set, config): a hash of the config and of the data's
+    content is in the name, so experts of one subtask's classes are never reused for another's."""
+    digest = hashlib.sha1((repr(asdict(cfg)) + fingerprint(dataset)).encode()).hexdigest()[:8]
     return Path(root) / f"experts_{dataset.name}_{digest}"
 
 

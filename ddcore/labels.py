@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from .augment import dsa_for
 from .checks import check_int, check_writable_dir
-from .data import Dataset
+from .data import Dataset, fingerprint
 from .io import load_tensors, save_tensors
 from .models import ModelConfig, build_model
 from .synthetic import SyntheticSet
@@ -38,7 +39,8 @@ def train_labeller(dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device=
     path = None
     if root is not None:
         check_writable_dir("labeller folder", root)
-        digest = hashlib.sha1(repr(asdict(cfg)).encode()).hexdigest()[:8]
+        # the data's fingerprint in the key: a subtask's labeller is never taken for another's
+        digest = hashlib.sha1((repr(asdict(cfg)) + fingerprint(dataset)).encode()).hexdigest()[:8]
         path = Path(root) / f"labeller_{dataset.name}_{digest}_seed{seed}.safetensors"
     if path is not None and path.exists():
         tensors, _ = load_tensors(path)
@@ -55,18 +57,30 @@ def train_labeller(dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device=
     return net.eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def soft_labels(labeller: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The labeller's softmax on each image: (N, num_classes), rows summing to 1."""
-    device = next(labeller.parameters()).device
-    was_training = labeller.training
-    labeller.eval()
-    out = torch.cat([labeller(x.to(device)).softmax(1).cpu() for x in images.split(batch_size)])
-    labeller.train(was_training)
-    return out
+def soft_labels(labeller: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                batch_size: int = 256) -> torch.Tensor:
+    """softmax(labeller(images)) as float32 (n, num_classes) on the CPU, without gradients.
+
+    `labeller` is any callable from images to logits; an nn.Module runs in eval mode on the
+    device of its parameters and is put back in its previous mode afterwards.
+    """
+    check_int("batch_size", batch_size, low=1)
+    is_module = isinstance(labeller, torch.nn.Module)
+    params = list(labeller.parameters()) if is_module else []
+    device = params[0].device if params else images.device
+    was_training = is_module and labeller.training
+    if is_module:
+        labeller.eval()
+    try:
+        with torch.no_grad():
+            out = [labeller(x.to(device)).float().softmax(1).cpu() for x in images.split(batch_size)]
+    finally:
+        if was_training:
+            labeller.train()
+    return torch.cat(out)
 
 
 def with_soft_labels(syn: SyntheticSet, labeller: nn.Module) -> SyntheticSet:
     """A copy of an image set whose labels are the labeller's soft labels (method gets '+soft')."""
     meta = {**syn.meta, "method": f"{syn.meta.get('method')}+soft"}
-    return replace(syn, labels=soft_labels(labeller, syn.images), meta=meta)
+    return replace(syn, labels=soft_labels(labeller, syn.images), meta=meta, extras=dict(syn.extras))

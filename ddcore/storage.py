@@ -5,6 +5,8 @@ their labels (hard labels count one value each, soft labels one per class). For 
 (mu and logvar), every decoder weight and one soft label per prior; the decoded mean images are
 not counted, since they are recomputed from what is kept.
 
+An aggregated set (subtask decomposition) counts each subtask's images or priors and decoder.
+
 IPC-equivalent = values kept / (num_classes x values of one image): the number of real images
 per class the same budget would hold.
 """
@@ -18,12 +20,15 @@ from .synthetic import SyntheticSet
 
 
 def _kept_tensors(syn: SyntheticSet) -> dict[str, list[torch.Tensor]]:
-    """The set's tensors by part, as storage counts them."""
-    if syn.meta.get("generative") == "d3":
-        return {"priors": [syn.extras["mu"], syn.extras["logvar"]],
-                "decoder": [v for k, v in syn.extras.items() if k.startswith("decoder.")],
-                "labels": [syn.labels]}
-    return {"images": [syn.images], "labels": [syn.labels]}
+    """The set's tensors by part, as storage counts them (an aggregated set: each subtask's)."""
+    kept = {"images": [], "priors": [], "decoder": [], "labels": [syn.labels]}
+    for part in syn.parts():
+        if part.meta.get("generative") == "d3":
+            kept["priors"] += [part.extras["mu"], part.extras["logvar"]]
+            kept["decoder"] += [v for k, v in part.extras.items() if k.startswith("decoder.")]
+        else:
+            kept["images"].append(part.images)
+    return kept
 
 
 def storage(syn: SyntheticSet) -> dict:

@@ -43,6 +43,20 @@ class SyntheticSet:
         """Class of each image (argmax of soft labels)."""
         return self.labels.argmax(1) if self.soft_labels else self.labels
 
+    def parts(self) -> list["SyntheticSet"]:
+        """The per-subtask sets an aggregated set was made of (ddcore.federated.aggregate), with
+        their rows, global labels, meta and extras; [self] for a set that is not aggregated."""
+        if "parts" not in self.meta:
+            return [self]
+        out, start = [], 0
+        for i, (meta, size) in enumerate(zip(self.meta["parts"], self.meta["sizes"])):
+            prefix = f"subtask_{i}."
+            extras = {k[len(prefix):]: v for k, v in self.extras.items() if k.startswith(prefix)}
+            rows = slice(start, start + size)
+            out.append(SyntheticSet(self.images[rows], self.labels[rows], meta, extras))
+            start += size
+        return out
+
     def save(self, path: str | os.PathLike) -> None:
         """Write one safetensors file (atomically); no pickle involved."""
         tensors = {"images": self.images, "labels": self.labels}

@@ -5,6 +5,7 @@ import torch
 from ddcore.data import load_dataset, subset_per_class
 from ddcore.distill import distill
 from ddcore.evaluate import EvalConfig, evaluate_synthetic
+from ddcore.federated import aggregate, run_federated, split_classes, subset_classes
 from ddcore.models import create_model
 from ddcore.reproduce import reproduce
 from ddcore.robust import RobustConfig, cvar
@@ -45,6 +46,18 @@ CASES = [
      ValueError, r"checkpoint folder='/proc/ddcore' cannot be created"),
     ("subset larger than a class", lambda d: subset_per_class(d, 21, seed=0), ValueError, r"n_per_class=21 is too large"),
     ("mismatched labels", _syn(torch.zeros(3, 1, 28, 28), torch.tensor([0, 1])), ValueError, r"2 labels for 3 images"),
+    ("no subtasks", lambda d: split_classes(10, 0), ValueError, r"num_subtasks=0 is too small; it must be >= 1"),
+    ("more subtasks than classes", lambda d: split_classes(d.num_classes, 11),
+     ValueError, r"num_subtasks=11 is too large; it must be <= 10"),
+    ("unknown split strategy", lambda d: split_classes(10, 2, strategy="balanced"), ValueError,
+     r"strategy='balanced' is not allowed"),
+    ("class outside the data set", lambda d: subset_classes(d, [3, 10]), ValueError, r"class id in classes=10 is too large"),
+    ("unknown federated option", lambda d: run_federated(d, "dm", 1, 2, "/proc/ddcore/fed", lr=0.1), TypeError,
+     r"dm has no option\(s\) \['lr'\]"),
+    ("unwritable federated output", lambda d: run_federated(d, "random", 1, 2, "/proc/ddcore/fed"), ValueError,
+     r"out_dir='/proc/ddcore/fed' cannot be created"),
+    ("overlapping class groups", lambda d: aggregate([SyntheticSet(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))] * 2,
+                                                     [[0, 1], [1, 2]], 10), ValueError, r"groups must be disjoint"),
 ]
 
 

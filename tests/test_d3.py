@@ -253,3 +253,20 @@ def test_storage_refuses_what_it_cannot_count():
         storage(torch.zeros(3))
     with pytest.raises(ValueError, match="num_classes"):
         storage(SyntheticSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), {}))
+
+
+def test_an_aggregate_of_d3_subtasks_keeps_sampling_and_counts_every_decoder(small):
+    from ddcore.federated import aggregate, subset_classes
+    groups = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    parts = [distill("d3", subset_classes(small, g), ipc=2, seed=i, progress=False, soft_labels=False, **D3_FAST)
+             for i, g in enumerate(groups)]
+    agg = aggregate(parts, groups, 10)
+    s = storage(agg)
+    one = storage(parts[0])
+    assert s["images_values"] == 0 and s["decoder_values"] == 2 * one["decoder_values"]
+    assert s["priors_values"] == 2 * one["priors_values"]
+    (x1, y1), (x2, _) = epoch_sampler(agg, small, seed=0, device="cpu")(), epoch_sampler(agg, small, 0, "cpu")()
+    assert x1.shape == (40, 1, 28, 28) and sorted(y1.unique().tolist()) == list(range(10))
+    assert torch.allclose(x1[:10], agg.images[:10], atol=1e-5)  # subtask 0's mean images come first
+    rows = evaluate_synthetic(agg, small, EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1))
+    assert len(rows) == 1

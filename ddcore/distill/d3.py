@@ -45,8 +45,8 @@ class D3Config:
     matching: str = "mtt"          # mtt | dm | none (MMD only)
     mmd_weight: float = 1.0        # weight of the MMD term (the paper: 1)
     batch_real: int = 256          # real images per class for the MMD (and DM) term
-    lr_prior: float = 0.01         # SGD (momentum 0.5) on mu and logvar
-    lr_decoder: float = 1e-3       # Adam on the decoder, weight decay 1e-5
+    lr_prior: float = 0.1          # SGD (momentum 0.5) on mu and logvar
+    lr_decoder: float = 1e-2       # Adam on the decoder, weight decay 1e-5
     # trajectory matching (matching='mtt'); the paper: 10 student steps, 2 expert epochs ahead
     syn_steps: int = 10
     expert_epochs: int = 2

@@ -66,12 +66,15 @@ def run_grid(dataset: Dataset, methods: dict[str, dict], ipcs: list[int], eval_c
         for name, options in methods.items():
             syn = distill_cached(name, dataset, ipc, seed, options, device, cache_dir, progress)
             sets[(name, ipc)] = syn
-            frames.append(_evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress))
+            frames.append(evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress))
     return pd.concat(frames, ignore_index=True), sets
 
 
-def _evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress) -> pd.DataFrame:
-    key = repr(eval_cfg) + repr(syn.meta.get("config_repr"))
+def evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress) -> pd.DataFrame:
+    """evaluate_synthetic, or the rows a previous call with the same set and config saved."""
+    # The set's content is in the key: a derived set (e.g. soft labels) never meets stale rows.
+    content = hashlib.sha1(syn.images.numpy().tobytes() + syn.labels.numpy().tobytes()).hexdigest()
+    key = repr(eval_cfg) + repr(syn.meta.get("config_repr")) + content
     path = None
     if cache_dir is not None:
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]

@@ -158,13 +158,17 @@ def format_mean_std(summary: pd.DataFrame, metric: str = "accuracy") -> pd.Serie
     return summary[f"{metric}_mean"].map("{:.1f}".format) + " +- " + summary[f"{metric}_std"].map("{:.1f}".format)
 
 
-def improvement_over_random(results: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Each method's mean metric minus that of 'random' at the same ipc (percentage points)."""
-    means = results.groupby(["method", "ipc"])[metric].mean().mul(100).rename("mean").reset_index()
-    base = means[means.method == "random"].set_index("ipc")["mean"]
+def improvement_over_random(results: pd.DataFrame, metric: str = "accuracy", baseline: str = "random",
+                            by: str = "ipc") -> pd.DataFrame:
+    """Each method's mean metric minus that of `baseline` at the same `by` value (percentage points).
+
+    baseline='random+soft', by='budget' compares at equal storage with the same soft labels.
+    """
+    means = results.groupby(["method", by])[metric].mean().mul(100).rename("mean").reset_index()
+    base = means[means.method == baseline].set_index(by)["mean"]
     if base.empty:
-        raise ValueError("results hold no 'random' rows to compare with; evaluate a random subset too")
-    means["over_random"] = means["mean"] - means["ipc"].map(base)
+        raise ValueError(f"results hold no {baseline!r} rows to compare with; evaluate that baseline too")
+    means[f"over_{baseline}"] = means["mean"] - means[by].map(base)
     return means
 
 

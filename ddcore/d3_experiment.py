@@ -63,7 +63,7 @@ def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict],
     d3_options = dict(d3_options)
     latent_dim = d3_options.pop("latent_dim", 16)
     root = str(cache_dir) if cache_dir is not None else None
-    label_net = train_labeller(dataset, labeller, seed=seed, device=device or "cpu", root=root)
+    label_net = train_labeller(dataset, labeller, seed=seed, device=device, root=root)
     frames, sets = [], {}
     for budget in budgets:
         cells = {name: distill_cached(name, dataset, budget, seed, opts, device, cache_dir, progress)

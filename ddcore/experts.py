@@ -20,6 +20,7 @@ from .checks import check_int, check_writable_dir
 from .data import Dataset, fingerprint
 from .io import load_tensors, save_tensors
 from .models import ModelConfig, build_model
+from .runtime import resolve_device
 from .train import TrainConfig, train_network
 
 
@@ -107,6 +108,7 @@ def load_or_train_experts(dataset: Dataset, cfg: ExpertConfig, seed: int, device
 
     Without `root` they are trained in memory and not kept.
     """
+    device = resolve_device(device)
     folder = None
     if root is not None:
         check_writable_dir("experts folder", root)

@@ -19,6 +19,7 @@ from .checks import check_int, check_writable_dir
 from .data import Dataset, fingerprint
 from .io import load_tensors, save_tensors
 from .models import ModelConfig, build_model
+from .runtime import resolve_device
 from .synthetic import SyntheticSet
 from .train import TrainConfig, train_network
 
@@ -35,6 +36,7 @@ class LabellerConfig:
 def train_labeller(dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device="cpu",
                    root: str | Path | None = None) -> nn.Module:
     """The labeller network (eval mode, frozen), read from `root` when saved there before."""
+    device = resolve_device(device)
     net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size)
     path = None
     if root is not None:

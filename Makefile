@@ -28,8 +28,8 @@ lab: $(STAMP)  ## JupyterLab on notebooks/ with this environment as a kernel
 	$(PY) -m ipykernel install --user --name ddcore --display-name "Python (ddcore .venv)"
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)  ## benchmarks, by hand (never in CI)
-	$(PY) bench/dm_speed.py
+bench: $(STAMP)  ## benchmarks, by hand (never in CI): every method against the matmul rate; see bench/run.py
+	$(PY) bench/run.py
 
 clean:
 	rm -rf results .pytest_cache

@@ -44,12 +44,14 @@ def method_config(method: str, **overrides):
 
 def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None, progress: bool = True,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
-            config=None, **options) -> SyntheticSet:
+            config=None, on_iteration=None, **options) -> SyntheticSet:
     """Distill `dataset` into `ipc` images per class with a registered method.
 
     Options go either as keyword arguments (e.g. iterations=200) or as a ready `config`.
     `checkpoint` names a file written every `checkpoint_every` iterations by iterative
-    methods; with `resume=True` a run continues from it when it exists.
+    methods; with `resume=True` a run continues from it when it exists. `on_iteration`, when
+    given, is called after each iteration of an iterative method with (iteration, loss, seconds
+    of its step); bench/run.py times methods with it.
     """
     check_choice("method", method, available_methods())
     if not isinstance(dataset, Dataset):
@@ -69,7 +71,7 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
                         f"got {type(config).__name__}")
     run = Run(dataset=dataset, ipc=ipc, seed=seed, device=resolve_device(device), progress=progress,
               checkpoint=Path(checkpoint) if checkpoint is not None else None,
-              checkpoint_every=checkpoint_every, resume=resume)
+              checkpoint_every=checkpoint_every, resume=resume, on_iteration=on_iteration)
     return _METHODS[method][0](run, config)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -29,6 +31,8 @@ class Run:
     checkpoint: Path | None = None
     checkpoint_every: int = 50
     resume: bool = False
+    # called after each iteration with (iteration, loss, seconds its step took), e.g. by bench/run.py
+    on_iteration: Callable[[int, float, float], None] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -95,6 +99,8 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
              optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> list[float]:
     """Call `step(iteration) -> loss` for each iteration, with checkpoints, resume and NaN checks.
 
+    `run.on_iteration`, when set, gets (iteration, loss, seconds of the step) after each iteration;
+    every method's step ends with `loss.item()`, so on a GPU the seconds include the device's work.
     `params` are the tensors being learned (restored in place on resume); the checkpoint also
     holds the optimizers' states and the generator's state, so a resumed run draws the same
     random numbers as an uninterrupted one.
@@ -104,12 +110,16 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
         start, losses = _restore(run, method, cfg, params, optimizers, generator)
     bar = _progress_bar(run, method, start, iterations)
     for it in bar:
+        began = time.perf_counter()
         loss = float(step(it))
+        seconds = time.perf_counter() - began
         if not math.isfinite(loss):
             good = (f"the last good checkpoint is {run.checkpoint} (iteration {it - it % run.checkpoint_every})"
                     if run.checkpoint is not None and it >= run.checkpoint_every else "no checkpoint was written")
             raise FloatingPointError(f"{method}: the loss became {loss} at iteration {it}; {good}")
         losses.append(loss)
+        if run.on_iteration is not None:
+            run.on_iteration(it, loss, seconds)
         if run.progress:
             bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         if run.checkpoint is not None and ((it + 1) % run.checkpoint_every == 0 or it + 1 == iterations):

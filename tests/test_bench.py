@@ -1,0 +1,95 @@
+"""bench/run.py's workload builders and FLOP rule (nothing is timed here), and the distill hook it
+times with."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddcore.distill import distill, method_config
+
+_spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).parents[1] / "bench" / "run.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_run"] = bench  # dataclasses look their module up while the file runs
+_spec.loader.exec_module(bench)
+
+
+def test_flop_rule_on_a_tiny_convnet_matches_a_hand_count(monkeypatch):
+    monkeypatch.setitem(bench.SHAPES, "tiny", (1, (28, 28)))
+    f = bench.per_image_flops("tiny", 4)  # 28x28 padded by 3 -> 32x32; two poolings later 8x8
+    conv1, conv2, conv3 = 2 * 9 * 1 * 4 * 32 * 32, 2 * 9 * 4 * 4 * 16 * 16, 2 * 9 * 4 * 4 * 8 * 8
+    linear = 2 * (4 * 4 * 4) * 10
+    assert f["first"] == conv1
+    assert f["embed"] == conv1 + conv2 + conv3
+    assert f["forward"] == conv1 + conv2 + conv3 + linear
+    fwd, emb = f["forward"], f["embed"]
+    w = bench.Workload("main", "dm", "tiny", ipc=2, width=4, batch_real=5)
+    assert bench.iteration_flops(w, f) == emb * (10 * 5 + 2 * 10 * 2)
+    assert bench.iteration_flops(w, f, real_per_class=3) == emb * (10 * 3 + 2 * 10 * 2)  # a short class
+    w = bench.Workload("main", "dc", "tiny", ipc=2, width=4, batch_real=5, outer_loop=3, inner_loop=7)
+    train = 3 * fwd - conv1
+    assert bench.iteration_flops(w, f) == 3 * (train * 50 + 9 * fwd * 20) + 2 * 7 * train * 20
+    w = bench.Workload("memory", "mtt", "tiny", ipc=2, width=4, syn_steps=4, batch_syn=6)
+    assert bench.iteration_flops(w, f) == 9 * fwd * 4 * 6
+    w = bench.Workload("main", "eval", "tiny", ipc=2, width=4)
+    assert bench.iteration_flops(w, f) == train * 20
+
+
+def test_quick_settings_and_plan():
+    s = bench.parse_settings(["--quick"])
+    assert (s.shapes, s.ipcs, s.width, s.device) == (("mnist5k",), (1, 10), 32, "cpu")
+    assert s.figure.startswith(s.out)  # a smoke test never overwrites figures/bench_cpu.png
+    plan = bench.build_plan(s)
+    main = [w for w in plan if w.table == "main"]
+    assert {(w.method, w.ipc) for w in main} == {(m, k) for m in bench.METHODS for k in (1, 10)}
+    assert {w.shape for w in plan} == {"mnist5k"}
+    assert all(w.outer_loop <= 2 and w.inner_loop <= 2 for w in plan if w.method.startswith("dc"))
+    assert {(w.method, w.batch_syn) for w in plan if w.table == "memory"} == {
+        (m, b) for m in ("mtt", "d3") for b in (None, s.memory_batch_syn)}
+    assert [w for w in plan if w.method == "d3" and w.ipc == 1][0].samples_per_prior == 2
+
+
+def test_full_plan_and_options():
+    s = bench.parse_settings(["--only", "dm", "dc", "mtt", "d3"])
+    assert s.figure == "figures/bench_cpu.png" and s.ipcs == (1, 10, 50)
+    plan = bench.build_plan(s)
+    assert {w.method for w in plan} == {"dm", "dc", "mtt", "d3"}
+    dc50 = [w for w in plan if w.method == "dc" and w.ipc == 50][0]
+    assert (dc50.outer_loop, dc50.inner_loop, dc50.warmup, dc50.repeats) == (50, 10, 0, 1)  # heavy
+    dm10 = [w for w in plan if w.method == "dm" and w.ipc == 10][0]
+    assert (dm10.width, dm10.batch_real, dm10.warmup, dm10.repeats) == (128, 256, 1, 5)
+    name, options = bench.method_options([w for w in plan if w.method == "d3"][0], "x")
+    cfg = method_config(name, **options)
+    assert (cfg.matching, cfg.mmd_weight > 0, cfg.soft_labels, cfg.iterations) == ("mtt", True, False, 6)
+    with pytest.raises(SystemExit):
+        bench.parse_settings(["--only", "nope"])
+
+
+def test_random_cifar10_has_the_shape_and_enough_images_per_class():
+    data = bench.random_cifar10(per_class=260)
+    assert data.images_train.shape == (2600, 3, 32, 32) and data.num_classes == 10
+    assert min(len(i) for i in data.indices_per_class()) >= 256
+
+
+def test_on_iteration_reports_each_iteration_without_changing_the_result(small, tiny_model):
+    calls = []
+    kwargs = dict(iterations=3, model=tiny_model, batch_real=8, progress=False)
+    syn = distill("dm", small, ipc=1, on_iteration=lambda *a: calls.append(a), **kwargs)
+    plain = distill("dm", small, ipc=1, **kwargs)
+    assert [c[0] for c in calls] == [0, 1, 2] and all(c[2] >= 0 for c in calls)
+    assert calls[-1][1] == syn.meta["final_loss"]
+    assert torch.equal(syn.images, plain.images)
+
+
+def test_a_failed_worker_gives_a_row_with_its_status(capsys):
+    s = bench.parse_settings(["--quick"])
+    w = bench.build_plan(s)[0]
+    row = bench.summarize(w, "failed: exit code -9", s)
+    assert row["status"].startswith("failed") and row["median_s"] is None
+    bench.print_row(row)
+    assert "exit code -9" in capsys.readouterr().out
+    ok = bench.summarize(w, {"seconds": [2.0, 1.0, 4.0], "gflop": 8.0, "matmul_gflops": 4.0,
+                             "setup_mib": 1.0, "peak_mib": 2.0}, s)
+    assert (ok["status"], ok["median_s"], ok["min_s"], ok["max_s"], ok["gflops"], ok["ratio"]) == (
+        "ok", 2.0, 1.0, 4.0, 4.0, 1.0)

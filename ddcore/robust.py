@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .augment import DSAConfig
 from .checks import check_choice, check_float, check_int
+from .fastpath import embed
 from .cluster import Clusters, assign, kmeans, voronoi_cells
 from .train import TrainConfig, train_network
 
@@ -138,7 +139,7 @@ class Subpopulations:
     def features(self, net: nn.Module, images: torch.Tensor, space: str) -> torch.Tensor:
         """(N, D) features for clustering: flattened pixels, or net.embed (no gradient)."""
         check_choice("space", space, SPACES)
-        return images.detach().flatten(1) if space == "pixels" else net.embed(images.detach())
+        return images.detach().flatten(1) if space == "pixels" else embed(net, images.detach())
 
     def __call__(self, step: int, net: nn.Module, images_real: torch.Tensor, labels_real: torch.Tensor,
                  images_syn: torch.Tensor | None = None, labels_syn: torch.Tensor | None = None) -> torch.Tensor:

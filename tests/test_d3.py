@@ -181,8 +181,10 @@ def test_d3_training_moves_priors_and_decoder(small):
 def test_d3_lpc_other_than_ipc_and_mmd_needs_two_per_class(small):
     syn = distill("d3", small, ipc=1, seed=0, progress=False, lpc=3, soft_labels=False, **D3_FAST)
     assert syn.extras["mu"].shape[0] == 30 and syn.meta["ipc"] == 1
+    one = distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **D3_FAST)  # 2 draws per prior
+    assert one.extras["mu"].shape[0] == 10
     with pytest.raises(ValueError, match="needs lpc \\* samples_per_prior >= 2"):
-        distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **D3_FAST)
+        distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, samples_per_prior=1, **D3_FAST)
 
 
 def test_d3_soft_labels_come_from_the_labeller_on_mean_images(small, tmp_path):

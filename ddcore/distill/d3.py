@@ -25,6 +25,7 @@ from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
 from ..decoder import Decoder, DecoderConfig, decode, sample_latents
 from ..experts import ExpertConfig, final_network
+from ..fastpath import embed
 from ..labels import LabellerConfig, soft_labels, train_labeller
 from ..synthetic import SyntheticSet
 from . import register_method
@@ -41,7 +42,7 @@ class D3Config:
     iterations: int = 1000
     lpc: int | None = None         # latent priors per class; None: the run's ipc
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    samples_per_prior: int = 1     # decoded draws per prior per iteration
+    samples_per_prior: int | None = None  # decoded draws per prior per iteration; None: 1, or 2 when lpc=1 (MMD needs 2)
     matching: str = "mtt"          # mtt | dm | none (MMD only)
     mmd_weight: float = 1.0        # weight of the MMD term (the paper: 1)
     batch_real: int = 256          # real images per class for the MMD (and DM) term
@@ -64,7 +65,8 @@ class D3Config:
         check_int("iterations", self.iterations, low=0)
         if self.lpc is not None:
             check_int("lpc", self.lpc, low=1)
-        check_int("samples_per_prior", self.samples_per_prior, low=1)
+        if self.samples_per_prior is not None:
+            check_int("samples_per_prior", self.samples_per_prior, low=1)
         check_choice("matching", self.matching, MATCHINGS)
         check_float("mmd_weight", self.mmd_weight, low=0.0)
         if self.matching == "none" and self.mmd_weight == 0:
@@ -101,21 +103,23 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidths=BANDWIDTHS) -> to
 
 def mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw) -> torch.Tensor:
     """Sum over classes of the unbiased MMD^2 between real and decoded features (one DSA draw per class)."""
+    # fastpath.embed: the same numbers as feature_net.embed, in cache-sized chunks (faster on CPU)
     with torch.no_grad():
-        feat_real = feature_net.embed(apply_dsa(images_real, draw, groups_real))
-    feat_syn = feature_net.embed(apply_dsa(images_syn, draw, groups_syn))
+        feat_real = embed(feature_net, apply_dsa(images_real, draw, groups_real))
+    feat_syn = embed(feature_net, apply_dsa(images_syn, draw, groups_syn))
     groups_real, groups_syn = groups_real.to(feat_real.device), groups_syn.to(feat_syn.device)
     return torch.stack([mmd2_unbiased(feat_syn[groups_syn == c], feat_real[groups_real == c])
                         for c in range(num_classes)]).sum()
 
 
-def priors_per_class(run: Run, cfg: D3Config) -> int:
-    """cfg.lpc, or the run's ipc when it is None; checked against the MMD's needs."""
+def priors_per_class(run: Run, cfg: D3Config) -> tuple[int, int]:
+    """(lpc, samples_per_prior): cfg's, or the run's ipc and enough draws for the MMD."""
     lpc = cfg.lpc if cfg.lpc is not None else run.ipc
-    if cfg.mmd_weight > 0 and lpc * cfg.samples_per_prior < 2:
+    draws = cfg.samples_per_prior if cfg.samples_per_prior is not None else (2 if lpc == 1 else 1)
+    if cfg.mmd_weight > 0 and lpc * draws < 2:
         raise ValueError("the unbiased MMD needs lpc * samples_per_prior >= 2 decoded images per class, "
-                         f"got lpc={lpc}, samples_per_prior={cfg.samples_per_prior}")
-    return lpc
+                         f"got lpc={lpc}, samples_per_prior={draws}")
+    return lpc, draws
 
 
 def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator):
@@ -134,7 +138,7 @@ def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator
 @register_method("d3", D3Config)
 def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
     gen = torch.Generator().manual_seed(run.seed)
-    lpc = priors_per_class(run, cfg)
+    lpc, draws = priors_per_class(run, cfg)
     trajectories = experts_for(run, cfg.experts, cfg.experts_dir) if cfg.needs_experts else None
     feature_net = (final_network(trajectories[0], run.dataset, cfg.experts.model, run.device)
                    if cfg.mmd_weight > 0 else None)
@@ -147,10 +151,10 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
     opt_dec = torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder, weight_decay=1e-5)
     student = student_network(run, cfg.experts) if cfg.matching == "mtt" else None
     per_class, dsa = class_indices(run), dsa_for(run.dataset.name) if cfg.dsa else None
-    labels_draw = prior_class.repeat_interleave(cfg.samples_per_prior)
+    labels_draw = prior_class.repeat_interleave(draws)
 
     def step(it: int) -> float:
-        images_syn = decode(decoder, sample_latents(mu, logvar, cfg.samples_per_prior, gen), run.dataset.normalize)
+        images_syn = decode(decoder, sample_latents(mu, logvar, draws, gen), run.dataset.normalize)
         loss = torch.zeros((), device=run.device)
         if cfg.matching == "mtt":
             loss = loss + trajectory_matching_loss(student, trajectories, images_syn, labels_draw, syn_lr, cfg,

@@ -41,9 +41,15 @@ def _transform(dataset: Dataset, images: torch.Tensor, transform: str) -> torch.
     return dataset.normalize(transform_unit(dataset.to_unit(images), transform))
 
 
+# The methods' real-image initialisation draws one randperm per class from a generator seeded with
+# the run's seed; drawing the rare images the same way would make every initial synthetic image a
+# rare one when the seeds are equal. The rare draw is salted so that the two are independent.
+RARE_SEED_OFFSET = 7919
+
+
 def _rare_mask(labels: torch.Tensor, num_classes: int, rare_fraction: float, seed: int) -> torch.Tensor:
     """A seeded random round(rare_fraction * n_c) images of each class (1 to n_c - 1 of them)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + RARE_SEED_OFFSET)
     rare = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()

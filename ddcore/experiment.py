@@ -46,6 +46,7 @@ def distill_cached(method: str, dataset: Dataset, ipc: int, seed: int, options: 
     syn.meta["seconds"] = time.perf_counter() - start
     syn.meta["config_repr"] = config
     syn.save(path)
+    stem.with_suffix(".ckpt").unlink(missing_ok=True)  # the finished set replaces its checkpoint
     return syn
 
 

@@ -62,7 +62,8 @@ def storage_model_plot(decoder_values: dict[str, int], lpc: int, latent_dim: int
     for i, (name, values) in enumerate(decoder_values.items()):
         ipc_eq = [d3_ipc_equivalent(int(c), lpc, latent_dim, values, image_values) for c in classes]
         ax.plot(classes, ipc_eq, color=f"C{i}", label=f"{name} ({values:,} decoder weights)")
-    ax.axhline(lpc, color="grey", ls="--", lw=1, label=f"{lpc} real images per class")
+    ax.axhline(lpc, color="grey", ls="--", lw=1,
+               label=f"{lpc} real image{'s' if lpc > 1 else ''} per class (same storage as lpc images)")
     if measured is not None:
         ax.scatter(measured.num_classes, measured.ipc_equivalent, color="k", zorder=5, marker="x",
                    label="measured sets (ddcore.storage)")

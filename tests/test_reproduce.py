@@ -110,3 +110,27 @@ def test_reproduce_quickstart_end_to_end(tmp_path):
     assert gain == pytest.approx(results["extra"]["dm_minus_random"], abs=0.051)
     summary = pd.read_csv(run / "summary.csv")
     assert len(summary) == len(results["rows"]) and set(summary.method) == {"random", "dm"}
+
+
+BAD_PARAMETERS = [  # (parameter, bad value, words the error must contain)
+    ("dataset", "no_such_data", ["no_such_data", "mnist5k"]),
+    ("device", "tpu", ["tpu", "cpu"]),
+]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+def test_a_mistyped_parameter_stops_a_notebook_early_with_a_clear_error(name, tmp_path):
+    """Batch users mistype parameters: the notebook fails in its first code cells, naming the value."""
+    for parameter, value, words in BAD_PARAMETERS:
+        out = tmp_path / f"{name}_{parameter}.ipynb"
+        with pytest.raises(pm.PapermillExecutionError) as failure:
+            pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), progress_bar=False,
+                                cwd=str(ROOT / "notebooks"), kernel_name="python3",
+                                parameters={parameter: value, "output_dir": str(tmp_path / "o"),
+                                            "figures_dir": str(tmp_path / "f")})
+        error = failure.value
+        assert error.ename in ("ValueError", "TypeError"), error.ename
+        assert all(w in error.evalue for w in words), error.evalue
+        first_cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"][:3]
+        assert any(o.get("output_type") == "error" for c in first_cells for o in c.get("outputs", [])), \
+            f"{name}: {parameter}={value!r} was not caught in the first code cells"

@@ -12,6 +12,9 @@ from ddcore.robust import RobustConfig, cvar
 from ddcore.runtime import resolve_device
 from ddcore.synthetic import SyntheticSet
 from ddcore.cluster import kmeans
+from ddcore.d3_experiment import decoder_for_budget
+from ddcore.decoder import DecoderConfig
+from ddcore.storage import storage
 
 
 def _syn(images, labels):
@@ -58,6 +61,13 @@ CASES = [
      r"out_dir='/proc/ddcore/fed' cannot be created"),
     ("overlapping class groups", lambda d: aggregate([SyntheticSet(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))] * 2,
                                                      [[0, 1], [1, 2]], 10), ValueError, r"groups must be disjoint"),
+    ("lpc < 1", lambda d: distill("d3", d, 2, lpc=0), ValueError, r"lpc=0 is too small; it must be >= 1"),
+    ("latent size < 1", lambda d: DecoderConfig(latent_dim=0), ValueError, r"latent_dim=0 is too small"),
+    ("unknown D3 matching", lambda d: distill("d3", d, 2, matching="kl"), ValueError, r"matching='kl' is not allowed"),
+    ("MTT segment past the experts", lambda d: distill("mtt", d, 1, max_start_epoch=30), ValueError,
+     r"max_start_epoch \+ expert_epochs = 32 must be <= experts.epochs = 20"),
+    ("storage of a non-set", lambda d: storage(d), TypeError, r"syn must be a SyntheticSet, got Dataset"),
+    ("budget < 1", lambda d: decoder_for_budget(0, d, 1, 16), ValueError, r"budget=0 is too small"),
 ]
 
 

@@ -20,8 +20,13 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import resource
+import shlex
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import time
 import typing
@@ -294,10 +299,14 @@ def run_federated(dataset: str | Dataset, method: str, ipc: int, num_subtasks: i
         record = {"rank": workers.rank, "host": socket.gethostname(), "subtasks": done,
                   "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
         records = _gather(workers, record)
-        if workers.rank != 0:
-            return None
-        syn = _aggregate_files(out_dir, groups, data, global_labeller, seed, strategy)
-        _write_record(out_dir, data, method, ipc, strategy, seed, cfg, groups, workers, records, start)
+        syn = None
+        if workers.rank == 0:
+            syn = _aggregate_files(out_dir, groups, data, global_labeller, seed, strategy)
+            _write_record(out_dir, data, method, ipc, strategy, seed, cfg, groups, workers, records, start)
+        if workers.distributed:
+            # Every rank leaves together: a rank that tore gloo down while rank 0 was still
+            # aggregating made its peer abort at exit now and then (about 1 launch in 13).
+            dist.barrier()
         return syn
     finally:
         if workers.created:
@@ -343,6 +352,153 @@ def _write_record(out_dir, data, method, ipc, strategy, seed, cfg, groups, worke
 def load_record(out_dir: str | os.PathLike) -> dict:
     """The federated.json that run_federated wrote in `out_dir`."""
     return json.loads((Path(out_dir) / RECORD).read_text())
+
+
+def subtask_ids(labels: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
+    """The index of the group (subtask) holding each label, (n,) int64: as `test_groups` of
+    evaluate_synthetic it gives the accuracy on each subtask's classes. Soft labels: their argmax."""
+    if not isinstance(groups, (list, tuple)) or not groups:
+        raise ValueError(f"groups must be a non-empty list of class groups, got {groups!r}")
+    for i, g in enumerate(groups):
+        _check_group(f"groups[{i}]", g, 2**31 - 1)
+    flat = [c for g in groups for c in g]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"groups must be disjoint; a class id appears twice in {groups}")
+    lookup = torch.full((max(flat) + 1,), -1, dtype=torch.long)  # class id -> its group
+    for i, g in enumerate(groups):
+        lookup[torch.tensor(g)] = i
+    labels = (labels.argmax(1) if labels.is_floating_point() else labels).cpu()
+    known = (labels >= 0) & (labels < len(lookup))
+    ids = torch.full_like(labels, -1)
+    ids[known] = lookup[labels[known]]
+    if (ids < 0).any():
+        raise ValueError(f"labels {sorted(set(labels[ids < 0].tolist()))} are in no group of {groups}")
+    return ids
+
+
+# --- Launching a run under torchrun from Python (notebooks, scripts) ---
+CLI_FLAGS = ("progress",)  # options of main() given without a value
+CLI_OPTIONAL = ("root",)   # options of main() left out when None (their default)
+_AGENT_LOG = re.compile(r"^[EWI]\d{4} .*torch/distributed/", re.MULTILINE)
+
+
+def torchrun_command(options: dict, nproc: int, out_dir: str | os.PathLike) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N -m ddcore.federated ...`.
+
+    `options` holds main()'s options (dataset, method, ipc, subtasks, seed, device, ...) and the
+    method's options under their command-line names, '_' or '-' alike; a dot or a nested dict
+    reaches into a nested config: {'experts.model.width': 16} == {'experts': {'model': {'width': 16}}}.
+    Values: str, int, float, bool (true/false) or None (none; for 'root': left out, i.e. its
+    default); True/False for the flag 'progress'.
+    The interpreter running this code runs torchrun, so no PATH lookup is involved.
+    """
+    check_int("nproc", nproc, low=1)
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict of command-line options, got {type(options).__name__}")
+    args = []
+    for key, value in _flatten(options).items():
+        name = key.replace("_", "-")
+        if name == "out":
+            raise ValueError("give the output folder as out_dir, not as an option")
+        if name in CLI_OPTIONAL and value is None:
+            continue
+        if name in CLI_FLAGS:
+            if not isinstance(value, bool):
+                raise TypeError(f"option {key!r} is a flag: True or False, got {value!r}")
+            args += [f"--{name}"] if value else []
+        else:
+            args += [f"--{name}", _cli_value(key, value)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "ddcore.federated", "--out", str(out_dir), *args]
+
+
+def _flatten(options: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in options.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"option names must be non-empty strings, got {key!r}")
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _cli_value(key: str, value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(f"option {key!r} must be a str, int, float, bool or None on the command line, got "
+                    f"{type(value).__name__}; set a nested config field by field, e.g. 'model.width'")
+
+
+def clear_run(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete what run_federated writes in `out_dir` (subtask files and checkpoints, experts,
+    labellers, the aggregate and the record) and nothing else; the paths deleted."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    patterns = ("subtask_*.safetensors", "subtask_*.ckpt", "labeller_*.safetensors", "experts_*",
+                AGGREGATED, RECORD)
+    found = sorted({p for pattern in patterns for p in out.glob(pattern)})
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return found
+
+
+def launch_torchrun(options: dict, nproc: int, out_dir: str | os.PathLike, threads: int = 1,
+                    fresh: bool = False, timeout_s: float | None = None) -> dict:
+    """Run `python -m ddcore.federated` under torchrun with `nproc` workers in a subprocess and
+    return the federated.json it wrote (see torchrun_command for `options`).
+
+    Every worker gets OMP_NUM_THREADS=threads. fresh=True first deletes the files of an earlier
+    run in out_dir (clear_run), so the run does all its work and its times measure that; with
+    fresh=False finished subtasks are loaded, not redone. The record gains `launch_seconds`, the
+    command's wall time seen from here (process start-up and imports included), `load_average`,
+    the machine's 1-minute load average when it ended (other work competing for the cores), and
+    `command`.
+    Raises RuntimeError with the exit status and the end of the command's output when it fails
+    or runs past `timeout_s` (its whole process group is then stopped).
+    """
+    check_int("threads", threads, low=1)
+    cmd = torchrun_command(options, nproc, out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if fresh:
+        clear_run(out_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    start = time.perf_counter()
+    # A session of its own: on a timeout the workers are stopped with torchrun, not orphaned.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        raise RuntimeError(f"torchrun ran past timeout_s={timeout_s}: {shlex.join(cmd)}\n"
+                           f"{_failure_report(stderr)}") from None
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited with status {proc.returncode}: {shlex.join(cmd)}\n"
+                           f"{_failure_report(stderr)}")
+    record = load_record(out_dir)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    record.update(launch_seconds=seconds, load_average=load, command=shlex.join(cmd))
+    return record
+
+
+def _failure_report(stderr: str, chars: int = 3000) -> str:
+    """The end of what the workers wrote to stderr, then the end of torchrun's own report."""
+    agent = _AGENT_LOG.search(stderr)  # torchrun's log lines follow the workers' output
+    workers = stderr[:agent.start()] if agent else stderr
+    return (f"--- the workers' stderr (end) ---\n{workers[-chars:]}\n"
+            f"--- torchrun's report (end) ---\n{stderr[-chars // 3:]}")
 
 
 # --- Command line ---

@@ -278,3 +278,134 @@ def test_cli_runs_alone_without_torchrun(tmp_path, capsys, monkeypatch):
     fed.main(["--dataset", "digits", "--method", "random", "--subtasks", "2", "--out", str(tmp_path)])
     assert "aggregated.safetensors" in capsys.readouterr().out
     assert json.loads((tmp_path / "federated.json").read_text())["world_size"] == 1
+
+
+# --- Per-subtask test groups ---
+def test_subtask_ids_give_the_group_of_each_label():
+    groups = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert fed.subtask_ids(torch.arange(10), groups).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    shuffled = [[3, 7], [0, 9, 1]]
+    assert fed.subtask_ids(torch.tensor([9, 3, 1, 7, 0]), shuffled).tolist() == [1, 0, 1, 0, 1]
+    soft = torch.nn.functional.one_hot(torch.tensor([7, 0]), 10).float()
+    assert fed.subtask_ids(soft, shuffled).tolist() == [0, 1]
+
+
+def test_subtask_ids_as_test_groups_give_per_subtask_accuracy(digits):
+    groups = split_classes(10, 3)
+    ids = fed.subtask_ids(digits.labels_test, groups)
+    pred = torch.where(ids == 1, digits.labels_test, -1)  # right on subtask 1's classes only
+    from ddcore.evaluate import accuracy_by_group
+    assert accuracy_by_group(pred, digits.labels_test, ids) == {0: 0.0, 1: 1.0, 2: 0.0}
+
+
+@pytest.mark.parametrize("labels,groups,message", [
+    (torch.tensor([0, 5]), [[0, 1], [2, 3]], r"labels \[5\] are in no group"),
+    (torch.tensor([-1]), [[0, 1]], r"labels \[-1\] are in no group"),
+    (torch.tensor([0]), [[0, 1], [1]], "groups must be disjoint"),
+    (torch.tensor([0]), [], "non-empty list of class groups"),
+    (torch.tensor([0]), [[0], []], "non-empty list of class ids"),
+])
+def test_subtask_ids_reject_labels_outside_the_groups(labels, groups, message):
+    with pytest.raises(ValueError, match=message):
+        fed.subtask_ids(labels, groups)
+
+
+# --- Launching torchrun from Python ---
+def test_torchrun_command_spells_every_option():
+    cmd = fed.torchrun_command({"dataset": "digits", "subtasks": 3, "batch_real": 8, "lpc": None, "dsa": False,
+                                "experts": {"model": {"width": 8}}, "decoder.latent_dim": 4, "root": None,
+                                "progress": True}, 2, "out/run")
+    assert cmd[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "-m", "ddcore.federated"]
+    assert cmd[7:] == ["--out", "out/run", "--dataset", "digits", "--subtasks", "3", "--batch-real", "8",
+                       "--lpc", "none", "--dsa", "false", "--experts.model.width", "8", "--decoder.latent-dim", "4",
+                       "--progress"]
+    assert "--progress" not in fed.torchrun_command({"progress": False}, 1, "o")
+    assert fed.torchrun_command({"root": "data"}, 1, "o")[-2:] == ["--root", "data"]
+
+
+def test_torchrun_command_options_reach_the_method_config():
+    cmd = fed.torchrun_command({"method": "d3", "decoder": {"latent_dim": 4}, "experts.model.width": 8,
+                                "soft_labels": False}, 1, "o")
+    options = parse_method_options("d3", cmd[cmd.index("--method") + 2:])
+    assert options["decoder"].latent_dim == 4 and options["experts"].model.width == 8
+    assert options["soft_labels"] is False
+
+
+@pytest.mark.parametrize("options,nproc,error,message", [
+    ({"out": "x"}, 1, ValueError, "as out_dir"),
+    ({"model": ModelConfig(width=8)}, 1, TypeError, r"option 'model' must be a str.*'model.width'"),
+    ({"ipcs": [1, 2]}, 1, TypeError, "option 'ipcs' must be"),
+    ({"progress": "yes"}, 1, TypeError, "is a flag"),
+    ({}, 0, ValueError, "nproc=0 is too small"),
+    ([("dataset", "digits")], 1, TypeError, "options must be a dict"),
+])
+def test_torchrun_command_rejects_what_the_command_line_cannot_say(options, nproc, error, message):
+    with pytest.raises(error, match=message):
+        fed.torchrun_command(options, nproc, "o")
+
+
+def test_clear_run_deletes_the_run_files_and_nothing_else(tmp_path):
+    made = ["subtask_0.safetensors", "subtask_1.ab12cd34.ckpt", "labeller_digits_x_seed1.safetensors",
+            "aggregated.safetensors", "federated.json", "experts_digits_1234/expert_0_0.safetensors"]
+    for name in made + ["notes.txt", "mine/subtask_0.safetensors"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    deleted = fed.clear_run(tmp_path)
+    assert len(deleted) == 6 and not (tmp_path / "experts_digits_1234").exists()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["mine/subtask_0.safetensors", "notes.txt"]
+    assert fed.clear_run(tmp_path / "absent") == []
+
+
+def _fake_torchrun(monkeypatch, script: str):
+    """launch_torchrun runs `python -c script` (argv[1]: the out folder) instead of torchrun."""
+    monkeypatch.setattr(fed, "torchrun_command",
+                        lambda options, nproc, out_dir: [sys.executable, "-c", script, str(out_dir)])
+
+
+WRITE_RECORD = ("import json, os, sys; from pathlib import Path; out = Path(sys.argv[1]); json.dump("
+                "{'threads': os.environ['OMP_NUM_THREADS'], 'kept': (out / 'subtask_0.safetensors').exists(),"
+                " 'wall_seconds': 0.0}, open(out / 'federated.json', 'w'))")
+
+
+def test_launch_gives_workers_one_thread_and_fresh_clears_the_old_run(tmp_path, monkeypatch):
+    _fake_torchrun(monkeypatch, WRITE_RECORD)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    (tmp_path / "subtask_0.safetensors").write_text("old")
+    record = fed.launch_torchrun({}, 2, tmp_path)
+    assert record["threads"] == "1" and record["kept"] and record["launch_seconds"] > 0
+    assert fed.launch_torchrun({}, 2, tmp_path, threads=3, fresh=True)["threads"] == "3"
+    assert not (tmp_path / "subtask_0.safetensors").exists()
+
+
+def test_a_failing_launch_raises_with_the_workers_error(tmp_path, monkeypatch):
+    _fake_torchrun(monkeypatch, "import sys; print('W1123 12:00 torch/distributed/x.py] noise', file=sys.stderr); "
+                                "sys.exit(3)")
+    monkeypatch.setattr(fed, "_AGENT_LOG", fed.re.compile(r"^W\d{4} .*torch/distributed/", fed.re.M))
+    with pytest.raises(RuntimeError, match=r"(?s)exited with status 3.*torchrun's report.*noise"):
+        fed.launch_torchrun({}, 1, tmp_path)
+    _fake_torchrun(monkeypatch, "import time; time.sleep(60)")
+    with pytest.raises(RuntimeError, match="ran past timeout_s=0.5"):
+        fed.launch_torchrun({}, 1, tmp_path, timeout_s=0.5)
+
+
+def test_launch_torchrun_runs_two_workers_and_a_rerun_loads_their_subtasks(tmp_path):
+    options = {"dataset": "digits", "method": "random", "ipc": 1, "subtasks": 2, "seed": 3, "device": "cpu"}
+    first = fed.launch_torchrun(options, 2, tmp_path)
+    assert first["world_size"] == 2 and [s["rank"] for s in first["subtasks"]] == [0, 1]
+    assert not any(s["loaded"] for s in first["subtasks"]) and first["launch_seconds"] > first["wall_seconds"]
+    assert "--nproc_per_node=2" in first["command"] and first["load_average"] >= 0
+    assert SyntheticSet.load(tmp_path / "aggregated.safetensors").images.shape == (10, 1, 16, 16)
+    again = fed.launch_torchrun(options, 2, tmp_path)
+    assert all(s["loaded"] for s in again["subtasks"])
+
+
+@pytest.mark.slow
+def test_a_real_torchrun_failure_shows_the_workers_error_before_torchrun_report(tmp_path):
+    options = {"dataset": "digits", "method": "random", "subtasks": 2, "iters": 3}
+    with pytest.raises(RuntimeError) as failed:
+        fed.launch_torchrun(options, 1, tmp_path)
+    message = str(failed.value)
+    workers, report = message.split("--- torchrun's report (end) ---")
+    assert "random has no option 'iters'" in workers and "exited with status 1" in message

@@ -272,3 +272,30 @@ def test_an_aggregate_of_d3_subtasks_keeps_sampling_and_counts_every_decoder(sma
     assert torch.allclose(x1[:10], agg.images[:10], atol=1e-5)  # subtask 0's mean images come first
     rows = evaluate_synthetic(agg, small, EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1))
     assert len(rows) == 1
+
+
+@pytest.mark.parametrize("clustering", ["kmeans", "synthetic"])
+def test_robust_d3_runs_and_differs_from_plain_d3(small, clustering):
+    from ddcore.robust import RobustConfig
+    opts = dict(D3_FAST, matching="dm", soft_labels=False)
+    plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
+    robust = distill("d3", small, ipc=2, seed=0, progress=False, robust=RobustConfig(clustering=clustering, k=2,
+                                                                                      space="pixels", alpha=0.5), **opts)
+    assert torch.isfinite(robust.extras["mu"]).all()
+    assert not torch.equal(plain.extras["mu"], robust.extras["mu"])
+
+
+def test_robust_d3_with_one_cluster_and_alpha_one_is_plain_d3(small):
+    from ddcore.robust import RobustConfig
+    opts = dict(D3_FAST, matching="dm", soft_labels=False)
+    plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
+    one = distill("d3", small, ipc=2, seed=0, progress=False,
+                  robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0), **opts)
+    assert torch.allclose(plain.extras["mu"], one.extras["mu"], atol=1e-5)
+
+
+def test_robust_d3_needs_the_mmd_term():
+    from ddcore.distill import method_config
+    from ddcore.robust import RobustConfig
+    with pytest.raises(ValueError, match="needs mmd_weight > 0"):
+        method_config("d3", matching="dm", mmd_weight=0.0, robust=RobustConfig())

@@ -25,7 +25,9 @@ from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
 from ..decoder import Decoder, DecoderConfig, decode, sample_latents
 from ..experts import ExpertConfig, final_network
+from ..cluster import voronoi_cells
 from ..fastpath import embed
+from ..robust import RobustConfig, Subpopulations, cvar
 from ..labels import LabellerConfig, soft_labels, train_labeller
 from ..synthetic import SyntheticSet
 from . import register_method
@@ -60,6 +62,7 @@ class D3Config:
     experts_dir: str | None = None  # None: the checkpoint's folder, else trained in memory
     soft_labels: bool = True
     labeller: LabellerConfig = field(default_factory=LabellerConfig)
+    robust: RobustConfig | None = None  # our extension: the MMD term as the CVaR over each class's subpopulations
 
     def __post_init__(self):
         check_int("iterations", self.iterations, low=0)
@@ -78,6 +81,9 @@ class D3Config:
         if self.matching == "mtt" and self.max_start_epoch + self.expert_epochs > self.experts.epochs:
             raise ValueError(f"max_start_epoch + expert_epochs = {self.max_start_epoch + self.expert_epochs} "
                              f"must be <= experts.epochs = {self.experts.epochs}")
+
+        if self.robust is not None and self.mmd_weight == 0:
+            raise ValueError("robust=... acts on the MMD term; it needs mmd_weight > 0")
 
     @property
     def needs_experts(self) -> bool:
@@ -122,6 +128,29 @@ def priors_per_class(run: Run, cfg: D3Config) -> tuple[int, int]:
     return lpc, draws
 
 
+def robust_mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
+                    robust: RobustConfig, cluster_fn) -> torch.Tensor:
+    """Sum over classes of the CVaR (level robust.alpha), over the class's subpopulations, of the
+    MMD^2 between the class's decoded features and that subpopulation's real features.
+
+    cluster_fn(features_real, features_syn) gives each real image a subpopulation id, unique across
+    classes; subpopulations of fewer than 2 images are skipped (the unbiased MMD needs 2).
+    With one subpopulation per class and alpha = 1 this is mmd_loss.
+    """
+    with torch.no_grad():
+        feat_real = embed(feature_net, apply_dsa(images_real, draw, groups_real))
+    feat_syn = embed(feature_net, apply_dsa(images_syn, draw, groups_syn))
+    groups_real, groups_syn = groups_real.to(feat_real.device), groups_syn.to(feat_syn.device)
+    ids = cluster_fn(feat_real, feat_syn.detach()).to(feat_real.device)
+    losses = []
+    for c in range(num_classes):
+        syn_c = feat_syn[groups_syn == c]
+        per_cluster = [mmd2_unbiased(syn_c, feat_real[ids == j]) for j in ids[groups_real == c].unique().tolist()
+                       if int((ids == j).sum()) >= 2]
+        losses.append(cvar(torch.stack(per_cluster), robust.alpha))
+    return torch.stack(losses).sum()
+
+
 def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator):
     """Priors (mu ~ N(0, 1), logvar = 0) and a freshly initialised decoder, seeded from `generator`."""
     num_priors = run.num_classes * lpc
@@ -152,6 +181,7 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
     student = student_network(run, cfg.experts) if cfg.matching == "mtt" else None
     per_class, dsa = class_indices(run), dsa_for(run.dataset.name) if cfg.dsa else None
     labels_draw = prior_class.repeat_interleave(draws)
+    subpops = Subpopulations(cfg.robust, run.seed) if cfg.robust else None
 
     def step(it: int) -> float:
         images_syn = decode(decoder, sample_latents(mu, logvar, draws, gen), run.dataset.normalize)
@@ -165,9 +195,17 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
             if cfg.matching == "dm":
                 net = fresh_net(run, cfg.experts.model, gen).requires_grad_(False)
                 loss = loss + dm_loss(net, images_real, groups_real, images_syn, labels_draw, run.num_classes, draw)
-            if cfg.mmd_weight > 0:
+            if cfg.mmd_weight > 0 and cfg.robust is None:
                 loss = loss + cfg.mmd_weight * mmd_loss(feature_net, images_real, groups_real, images_syn,
                                                         labels_draw, run.num_classes, draw)
+            elif cfg.mmd_weight > 0:
+                def cluster_fn(feat_real, feat_syn):  # the nearest decoded image of the class, or K-means
+                    if cfg.robust.clustering == "synthetic":
+                        return voronoi_cells(feat_real, groups_real.to(run.device), feat_syn, labels_draw)
+                    return subpops(it, feature_net, images_real, groups_real.to(run.device))
+                loss = loss + cfg.mmd_weight * robust_mmd_loss(feature_net, images_real, groups_real, images_syn,
+                                                               labels_draw, run.num_classes, draw, cfg.robust,
+                                                               cluster_fn)
         opt_prior.zero_grad(set_to_none=True)
         opt_dec.zero_grad(set_to_none=True)
         loss.backward()

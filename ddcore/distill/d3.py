@@ -33,7 +33,7 @@ from ..synthetic import SyntheticSet
 from . import register_method
 from .common import Run, class_indices, fresh_net, make_set, optimize, sample_real
 from .dm import class_means, dm_loss
-from .mtt import experts_for, student_network, trajectory_matching_loss
+from .mtt import cache_root, experts_for, student_network, trajectory_matching_loss
 
 MATCHINGS = ("mtt", "dm", "none")
 BANDWIDTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -225,7 +225,7 @@ def _finish(run, cfg, decoder, mu, logvar, prior_class, losses) -> SyntheticSet:
     with torch.no_grad():
         mean_images = decode(decoder, mu, run.dataset.normalize)
     if cfg.soft_labels:
-        root = cfg.experts_dir if cfg.experts_dir is not None else (run.checkpoint.parent if run.checkpoint else None)
+        root = cache_root(run, cfg.experts_dir)
         labeller = train_labeller(run.dataset, cfg.labeller, seed=run.seed, device=run.device, root=root)
         labels = soft_labels(labeller, mean_images)
     else:

@@ -56,9 +56,14 @@ class MTTConfig:
             raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
 
 
+def cache_root(run: Run, experts_dir: str | None) -> str | Path | None:
+    """Where experts and labellers are kept: experts_dir, else the checkpoint's folder, else nowhere."""
+    return experts_dir if experts_dir is not None else (run.checkpoint.parent if run.checkpoint else None)
+
+
 def experts_for(run: Run, cfg: ExpertConfig, experts_dir: str | None) -> list[torch.Tensor]:
     """The run's expert trajectories: from experts_dir, else the checkpoint's folder, else memory."""
-    root = experts_dir if experts_dir is not None else (run.checkpoint.parent if run.checkpoint else None)
+    root = cache_root(run, experts_dir)
     return load_or_train_experts(run.dataset, cfg, seed=run.seed, device=run.device,
                                  root=Path(root) if root is not None else None, progress=run.progress)
 

@@ -19,10 +19,13 @@ Timing: each workload runs in a fresh process (so that its peak memory is its ow
 `distill(..., iterations=warmup + repeats, on_iteration=...)`: the method's own loop reports the
 seconds of each step; `eval` times train_network calls of 1 epoch each. The first iteration is a
 warm-up and is dropped; a row gives the median, min, max and IQR of 5 more, or of 3 when an
-iteration exceeds 1 TFLOP (MTT and D3 at IPC 50, D3 at syn_steps 20). Above 5 TFLOP (DC and
-DC+robust at IPC 10 and 50: 10 or 50 outer steps with 450 or 490 inner epochs, minutes each) one
-iteration is timed, without warm-up: its own first outer step warms the rest. The CSV records
-warmup and repeats per row; --list prints the plan and a rough duration (2-3 hours here).
+iteration exceeds 1 TFLOP (MTT and D3 at IPC 50, D3 at syn_steps 20). DC and DC+robust at IPC
+10 and 50 (10 or 50 outer steps with 450 or 490 inner epochs: 2.5 to 15 minutes an iteration
+here) time iterations of --dc-outer-cap (2) outer steps with the reference's inner loop, 3 of
+them without warm-up (the first outer step warms the rest); est_full_s is the full iteration
+at the same GFLOP/s (measured seconds x full GFLOP / capped GFLOP), and --dc-outer-cap 0 times
+full iterations (one, above 5 TFLOP). The CSV records warmup and repeats per row; --list prints
+the plan and a rough duration.
 After the workload, the same process times torch.mm of two n x n fp32 matrices (n 2048, 4096 on
 CUDA): 2 n^3 / the median of 7 after 2 warm-ups. The header's rate is the parent's, at start.
 
@@ -104,7 +107,8 @@ class Workload:
     ipc: int
     width: int = 128
     batch_real: int = 256          # real images per class per draw
-    outer_loop: int | None = None  # dc, dc+robust
+    outer_loop: int | None = None  # dc, dc+robust: the outer steps timed (see dc_outer_cap)
+    reference_outer: int | None = None  # the reference's outer loop, when the timed one is capped
     inner_loop: int | None = None
     syn_steps: int | None = None   # mtt, d3
     batch_syn: int | None = None   # mtt, d3: synthetic images per student step; None: all
@@ -128,6 +132,9 @@ class Settings:
     long_gflop: float = 1_000.0            # iterations above this: 3 repeats (mtt, d3 at ipc 50)
     heavy_gflop: float = 5_000.0           # above this: 1 timed iteration, no warm-up (dc at ipc >= 10)
     dc_max_loops: int | None = None        # cap on DC's outer and inner loops (quick)
+    dc_outer_cap: int | None = 2           # DC's timed outer steps at ipc >= 10 (the inner loop is
+                                           # the reference's): a full ipc-50 iteration is 50 of them,
+                                           # about 15 minutes here; est_full_s scales by GFLOP
     memory_ipc: int = 10                   # the memory table's ipc, syn_steps and bounded batch_syn
     memory_steps: tuple[int, ...] = (5, 10, 20)
     memory_batch_syn: int = 20
@@ -150,10 +157,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--repeats", type=int, default=None, help="timed iterations per workload (5; quick 2)")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="a subset of the shapes")
     p.add_argument("--ipcs", nargs="+", type=int, default=None, help="a subset of the ipcs (default 1 10 50)")
+    p.add_argument("--dc-outer-cap", type=int, default=2,
+                   help="outer steps timed of DC's ipc >= 10 iterations (0: the reference's, 15+ min each)")
     p.add_argument("--list", action="store_true", help="print the workloads and their GFLOP, time nothing")
     args = p.parse_args(argv)
     s = Settings(device=args.device, quick=args.quick, methods=tuple(args.only), threads=args.threads,
-                 out=args.out, list_only=args.list, matmul_n=4096 if args.device == "cuda" else 2048)
+                 out=args.out, list_only=args.list, dc_outer_cap=args.dc_outer_cap or None, matmul_n=4096 if args.device == "cuda" else 2048)
     if args.quick:
         s = dataclasses.replace(s, shapes=("mnist5k",), ipcs=(1, 10), width=32, batch_real=64, repeats=2,
                                 dc_max_loops=2, memory_steps=(2,), matmul_n=1024, matmul_repeats=3)
@@ -194,13 +203,20 @@ def dc_loops(ipc: int, cap: int | None) -> tuple[int, int]:
 def _row(s: Settings, table: str, method: str, shape: str, ipc: int, **kw) -> Workload:
     if method in ("dc", "dc+robust"):
         kw["outer_loop"], kw["inner_loop"] = dc_loops(ipc, s.dc_max_loops)
+        if s.dc_outer_cap is not None and kw["outer_loop"] > s.dc_outer_cap:
+            kw["reference_outer"], kw["outer_loop"] = kw["outer_loop"], s.dc_outer_cap
+            kw.setdefault("warmup", 0)  # the first outer step warms the rest
+            kw.setdefault("repeats", 3)
     if method in ("mtt", "d3"):
         kw.setdefault("syn_steps", 10 if not s.quick else 2)
     if method == "d3" and ipc == 1:
         kw["samples_per_prior"] = 2
     kw.setdefault("repeats", s.repeats)
-    w = Workload(table, method, shape, ipc, s.width, s.batch_real, warmup=s.warmup, **kw)
+    kw.setdefault("warmup", s.warmup)
+    w = Workload(table, method, shape, ipc, s.width, s.batch_real, **kw)
     gflop = iteration_flops(w, per_image_flops(shape, s.width)) / 1e9
+    if w.reference_outer is not None:
+        return w
     if gflop > s.heavy_gflop:
         return dataclasses.replace(w, warmup=0, repeats=1)
     return dataclasses.replace(w, repeats=min(w.repeats, 3)) if gflop > s.long_gflop else w
@@ -417,7 +433,7 @@ def prepare(s: Settings, plan: list[Workload], out: Path) -> tuple[dict[str, Pat
 
 # --- Reporting -------------------------------------------------------------------------------
 STATS = ("median_s", "min_s", "max_s", "iqr_s", "gflop", "gflops", "matmul_gflops", "ratio", "setup_mib",
-         "peak_mib", "s_per_image_step")
+         "peak_mib", "s_per_image_step", "est_full_s")
 
 
 def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
@@ -431,15 +447,22 @@ def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
     gflops = result["gflop"] / med
     # MTT's cost per student image-step; D3's iteration also has a fixed MMD and decoder part
     images = w.syn_steps * min(w.batch_syn or 10 * w.ipc, 10 * w.ipc) if w.method == "mtt" else None
+    est_full = None
+    if w.reference_outer:  # a capped DC iteration: the full one at the same GFLOP/s
+        f = per_image_flops(w.shape, w.width)
+        est_full = med * iteration_flops(dataclasses.replace(w, outer_loop=w.reference_outer), f) / (
+            iteration_flops(w, f))
     return {**dataclasses.asdict(w), "status": "ok", "median_s": med, "min_s": t[0], "max_s": t[-1],
             "iqr_s": q3 - q1, "gflop": result["gflop"], "gflops": gflops, "matmul_gflops": result["matmul_gflops"],
             "ratio": gflops / result["matmul_gflops"], "setup_mib": result["setup_mib"],
-            "peak_mib": result["peak_mib"], "s_per_image_step": med / images if images else None, **run_info}
+            "peak_mib": result["peak_mib"], "s_per_image_step": med / images if images else None,
+            "est_full_s": est_full, **run_info}
 
 
 def settings_label(r: dict) -> str:
     if r["outer_loop"]:
-        return f"outer {r['outer_loop']} inner {r['inner_loop']}"
+        of = f" of {r['reference_outer']}" if r.get("reference_outer") else ""
+        return f"outer {r['outer_loop']}{of} inner {r['inner_loop']}"
     if r["syn_steps"]:
         extra = f" x{r['samples_per_prior']}/prior" if r["samples_per_prior"] > 1 else ""
         return f"syn_steps {r['syn_steps']} batch_syn {r['batch_syn'] or 'all'}{extra}"

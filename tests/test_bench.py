@@ -55,8 +55,12 @@ def test_full_plan_and_options():
     assert s.figure == "figures/bench_cpu.png" and s.ipcs == (1, 10, 50)
     plan = bench.build_plan(s)
     assert {w.method for w in plan} == {"dm", "dc", "mtt", "d3"}
-    dc50 = [w for w in plan if w.method == "dc" and w.ipc == 50][0]
-    assert (dc50.outer_loop, dc50.inner_loop, dc50.warmup, dc50.repeats) == (50, 10, 0, 1)  # heavy
+    dc50 = [w for w in plan if w.method == "dc" and w.ipc == 50][0]  # capped: 2 of the reference's 50
+    assert (dc50.outer_loop, dc50.reference_outer, dc50.inner_loop, dc50.warmup, dc50.repeats) == (2, 50, 10, 0, 3)
+    dc1 = [w for w in plan if w.method == "dc" and w.ipc == 1][0]
+    assert (dc1.outer_loop, dc1.reference_outer, dc1.warmup) == (1, None, 1)
+    full = bench.build_plan(bench.parse_settings(["--only", "dc", "--dc-outer-cap", "0"]))
+    assert [(w.outer_loop, w.repeats) for w in full if w.ipc == 50][0] == (50, 1)  # heavy: one iteration
     dm10 = [w for w in plan if w.method == "dm" and w.ipc == 10][0]
     assert (dm10.width, dm10.batch_real, dm10.warmup, dm10.repeats) == (128, 256, 1, 5)
     name, options = bench.method_options([w for w in plan if w.method == "d3"][0], "x")
@@ -93,3 +97,15 @@ def test_a_failed_worker_gives_a_row_with_its_status(capsys):
                              "setup_mib": 1.0, "peak_mib": 2.0}, s)
     assert (ok["status"], ok["median_s"], ok["min_s"], ok["max_s"], ok["gflops"], ok["ratio"]) == (
         "ok", 2.0, 1.0, 4.0, 4.0, 1.0)
+
+
+def test_a_capped_dc_row_estimates_the_full_iteration_at_the_same_rate():
+    s = bench.parse_settings(["--only", "dc"])
+    w = [w for w in bench.build_plan(s) if w.ipc == 10 and w.shape == "mnist5k"][0]
+    f = bench.per_image_flops(w.shape, w.width)
+    capped = bench.iteration_flops(w, f)
+    full = bench.iteration_flops(bench.dataclasses.replace(w, outer_loop=10), f)
+    row = bench.summarize(w, {"seconds": [3.0, 2.0, 4.0], "gflop": capped / 1e9, "matmul_gflops": 100.0,
+                              "setup_mib": 1.0, "peak_mib": 2.0}, s)
+    assert row["est_full_s"] == pytest.approx(3.0 * full / capped) and full > 3 * capped
+    assert bench.settings_label(row) == "outer 2 of 10 inner 50"

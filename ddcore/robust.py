@@ -41,6 +41,9 @@ class RobustConfig:
     alpha: float = 0.8             # CVaR level: the worst alpha fraction of each cluster's losses counts
     max_weight: float = 1.0        # weight of the worst cluster's CVaR, added to the mean over clusters
     recluster_every: int = 10      # K-means refit period in steps; new points are assigned in between
+    chunk_size: int | None = None  # DC's robust step: real images per forward/backward pass. It trains on
+                                   # all of T' (2,560 images) at once; chunks bound its memory for one extra
+                                   # forward, with the same gradient (train.chunked_backward). None: one pass
 
     def __post_init__(self):
         check_choice("clustering", self.clustering, CLUSTERINGS)
@@ -49,6 +52,8 @@ class RobustConfig:
         check_float("alpha", self.alpha, low=0.0, high=1.0, low_open=True)
         check_float("max_weight", self.max_weight, low=0.0)
         check_int("recluster_every", self.recluster_every, low=1)
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, low=1)
 
 
 # --- CVaR and the robust risk ---

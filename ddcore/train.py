@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import DSAConfig, apply_dsa, sample_dsa
+from .checks import check_int
 
 
 @dataclass
@@ -20,6 +21,12 @@ class TrainConfig:
     weight_decay: float = 5e-4
     batch_size: int = 256
     decay_at_half: bool = True  # lr x 0.1 at half of the epochs
+    chunk_size: int | None = None  # images per forward/backward pass within a batch (bounds memory;
+                                   # the same gradient up to rounding); None: the whole batch at once
+
+    def __post_init__(self):
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, low=1)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,10 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     """
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     net.train()
+    if cfg.chunk_size is not None and cfg.chunk_size < min(cfg.batch_size, len(images)) and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ValueError(f"chunk_size={cfg.chunk_size} would change batch norm's statistics; "
+                         "use chunk_size=None with norm='batch'")
     n, losses = images.shape[0], []
     for epoch in range(cfg.epochs):
         if cfg.decay_at_half and epoch == cfg.epochs // 2 and epoch > 0:
@@ -59,16 +70,45 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             x = images[idx]
             if dsa is not None and dsa.families:
                 x = apply_dsa(x, sample_dsa(dsa, x.shape[0], tuple(x.shape[-2:]), generator, same_family=True))
-            if risk is None:
-                loss = soft_cross_entropy(net(x), labels[idx])
-            else:
-                loss = risk(F.cross_entropy(net(x), labels[idx], reduction="none"), idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.chunk_size is not None and len(idx) > cfg.chunk_size:
+                loss = chunked_backward(net, x, labels[idx], idx, risk, cfg.chunk_size)
+            else:
+                if risk is None:
+                    loss = soft_cross_entropy(net(x), labels[idx])
+                else:
+                    loss = risk(F.cross_entropy(net(x), labels[idx], reduction="none"), idx)
+                loss.backward()
             opt.step()
             total += loss.item() * idx.numel()
         losses.append(total / n)
     return losses
+
+
+def chunked_backward(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor,
+                     risk: Risk | None, chunk: int) -> torch.Tensor:
+    """loss.backward() for one batch, `chunk` images at a time; returns the batch's loss.
+
+    The loss is a function of the per-sample losses l (their mean, or `risk`), so its gradient
+    is sum_i (d loss / d l_i) grad l_i: the weights d loss / d l_i come from the whole batch's
+    losses, computed first without autograd (one extra forward; none for the mean, whose
+    weights are 1/n), then each chunk's weighted losses are backpropagated and accumulate.
+    """
+    chunks = list(zip(x.split(chunk), targets.split(chunk)))
+    if risk is None:
+        loss, weights = None, x.new_full((len(x),), 1.0 / len(x))
+    else:
+        with torch.no_grad():
+            losses = torch.cat([F.cross_entropy(net(xc), tc, reduction="none") for xc, tc in chunks])
+        losses.requires_grad_(True)
+        loss = risk(losses, idx)
+        weights, = torch.autograd.grad(loss, losses)
+    total = x.new_zeros(())
+    for (xc, tc), wc in zip(chunks, weights.split(chunk)):
+        per_sample = F.cross_entropy(net(xc), tc, reduction="none")
+        (per_sample * wc).sum().backward()
+        total = total + (per_sample.detach() * wc).sum()
+    return total if loss is None else loss.detach()
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from .accel import AccelConfig, autocast, check_accel, maybe_compile, to_memory_format
 from .augment import dsa_for
 from .checks import check_choice, check_images, check_int, check_labels
 from .data import Dataset
@@ -26,8 +27,10 @@ class EvalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     num_nets: int = 3    # networks trained from different seeds; mean and std over them
     dsa: bool = True     # DSA while training the student (the papers' protocol for DSA/DM/MTT)
+    accel: AccelConfig = field(default_factory=AccelConfig)  # bf16 / channels_last / compile (GPU speed)
 
     def __post_init__(self):
+        check_accel("accel", self.accel)
         check_int("num_nets", self.num_nets, low=1)
         check_int("epochs", self.train.epochs, low=1)
 
@@ -43,6 +46,9 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     """A fresh network trained on (images, labels) with the protocol's recipe.
 
     resample: optional () -> (images, labels) called at every epoch (see train_network).
+    cfg.accel: the network (and images) in channels_last, trained as a torch.compile'd module
+    and with its forwards under bf16 autocast; the optimizer steps are fp32 whatever the region.
+    The returned network is the plain (uncompiled) module, which shares the trained parameters.
     """
     device = resolve_device(device)
     check_images("images", images, dataset.channels, dataset.im_size)
@@ -51,9 +57,19 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size).to(device)
+    net = to_memory_format(net, cfg.accel)
     dsa = dsa_for(dataset.name) if cfg.dsa else None
-    train_network(net, images.to(device), labels.to(device), cfg.train, dsa, gen, resample=resample)
+    # train.py knows nothing of accel: its whole loop runs in the autocast region instead
+    with autocast(device, cfg.accel):
+        train_network(maybe_compile(net, cfg.accel), to_memory_format(images.to(device), cfg.accel),
+                      labels.to(device), cfg.train, dsa, gen, resample=resample)
     return net
+
+
+def predict_with(net: torch.nn.Module, images: torch.Tensor, accel: AccelConfig | None) -> torch.Tensor:
+    """train.predict under accel's autocast (a plain predict by default)."""
+    with autocast(next(net.parameters()).device, accel):
+        return predict(net, images)
 
 
 def student_for(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seed: int, device) -> torch.nn.Module:
@@ -107,7 +123,7 @@ def evaluate_synthetic(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | No
     rows = []
     for k in _progress(range(cfg.num_nets), progress, syn):
         net = student_for(syn, dataset, cfg, seed + k, device)
-        pred = predict(net, images_test)
+        pred = predict_with(net, images_test, cfg.accel)
         rows.append(_row(syn, dataset, cfg, seed + k, k, pred, test_groups))
     return pd.DataFrame(rows)
 
@@ -258,11 +274,12 @@ def evaluate_robustness(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | N
     rows = []
     for n in _progress(range(cfg.num_nets), progress, syn):
         net = student_for(syn, dataset, cfg, seed + n, device)
-        pred = predict(net, dataset.images_test)
+        pred = predict_with(net, dataset.images_test, cfg.accel)
         row = _row(syn, dataset, cfg, seed + n, n, pred, test_groups)
         clustered = cluster_min_accuracy(pred, dataset, k, cluster_seed)
         row["cluster_min_accuracy"], row["cluster_mean_accuracy"] = clustered["min"], clustered["mean"]
         for kind, images in corrupted.items():
-            row[f"accuracy_{kind}"] = float((predict(net, images) == dataset.labels_test).double().mean())
+            row[f"accuracy_{kind}"] = float((predict_with(net, images, cfg.accel) == dataset.labels_test)
+                                            .double().mean())
         rows.append(row)
     return pd.DataFrame(rows)

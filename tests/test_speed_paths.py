@@ -146,3 +146,57 @@ def test_the_allocator_setting_is_made_at_import_and_can_be_declined():
     glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
     assert tuned.stdout.strip() == str(glibc)
     assert declined.stdout.strip() == "False"
+
+
+# --- chunked backward: bounded memory, the same step ---
+def _one_step(chunk_size, risk=None, soft=False, norm="instance"):
+    from ddcore.train import train_network
+    torch.manual_seed(0)
+    net = ConvNet(1, 10, (16, 16), width=8, norm=norm).double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 1, 16, 16, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (40,), generator=gen)
+    if soft:
+        y = torch.softmax(torch.randn(40, 10, generator=gen, dtype=torch.float64), 1)
+    cfg = TrainConfig(epochs=1, batch_size=40, momentum=0.0, weight_decay=0.0, decay_at_half=False,
+                      chunk_size=chunk_size)
+    losses = train_network(net, x, y, cfg, None, gen, risk=risk)
+    return losses, torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_chunked_backward_takes_the_same_step_for_the_mean_loss(soft):
+    (loss_whole,), whole = _one_step(None, soft=soft)
+    (loss_chunked,), chunked = _one_step(7, soft=soft)
+    assert loss_chunked == pytest.approx(loss_whole, rel=1e-12)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_backward_takes_the_same_step_for_the_robust_risk():
+    from ddcore.robust import robust_risk
+    ids = torch.arange(40) % 3
+
+    def risk(losses, idx):
+        return robust_risk(losses, ids[idx], alpha=0.3, max_weight=1.0)
+
+    (loss_whole,), whole = _one_step(None, risk=risk)
+    (loss_chunked,), chunked = _one_step(9, risk=risk)
+    (_,), mean_step = _one_step(None)
+    assert loss_chunked == pytest.approx(loss_whole, rel=1e-12)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(mean_step, whole)  # the risk really changed the step
+
+
+def test_chunks_refuse_batch_norm_and_bad_sizes():
+    with pytest.raises(ValueError, match="batch norm"):
+        _one_step(7, norm="batch")
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        TrainConfig(chunk_size=0)
+
+
+def test_dc_robust_with_chunks_gives_the_same_set(small, tiny_model):
+    from ddcore.robust import RobustConfig
+    options = dict(iterations=2, batch_real=8, outer_loop=2, inner_loop=1, model=tiny_model)
+    whole = distill("dc", small, ipc=1, seed=0, progress=False, robust=RobustConfig(), **options)
+    chunked = distill("dc", small, ipc=1, seed=0, progress=False, robust=RobustConfig(chunk_size=16), **options)
+    torch.testing.assert_close(chunked.images, whole.images, rtol=0, atol=1e-5)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..accel import AccelConfig, to_memory_format
 from ..checks import check_choice
 from ..data import Dataset
 from ..io import load_checkpoint, save_checkpoint
@@ -33,6 +34,8 @@ class Run:
     resume: bool = False
     # called after each iteration with (iteration, loss, seconds its step took), e.g. by bench/run.py
     on_iteration: Callable[[int, float, float], None] | None = None
+    # bf16 autocast / channels_last for the methods' forward passes (GPU speed; off: no change)
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +60,7 @@ def sample_real(run: Run, per_class: list[torch.Tensor], n: int, generator: torc
         picks.append(chosen)
         groups.append(torch.full((len(chosen),), c, dtype=torch.long))
     picks = torch.cat(picks)
-    return run.dataset.images_train[picks].to(run.device), torch.cat(groups)
+    return to_memory_format(run.dataset.images_train[picks].to(run.device), run.accel), torch.cat(groups)
 
 
 def init_synthetic(run: Run, init: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +72,7 @@ def init_synthetic(run: Run, init: str, generator: torch.Generator) -> tuple[tor
     else:
         shape = (len(labels), run.dataset.channels, *run.dataset.im_size)
         images = torch.randn(shape, generator=generator).to(run.device)
-    return images.detach().clone(), labels
+    return to_memory_format(images, run.accel).detach().clone(), labels  # clone keeps the format
 
 
 def fresh_net(run: Run, model: ModelConfig, generator: torch.Generator, num_classes: int | None = None):
@@ -78,7 +81,7 @@ def fresh_net(run: Run, model: ModelConfig, generator: torch.Generator, num_clas
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_model(model, run.dataset.channels, num_classes or run.num_classes, run.dataset.im_size)
-    return net.to(run.device)
+    return to_memory_format(net.to(run.device), run.accel)
 
 
 def make_set(run: Run, method: str, cfg, images: torch.Tensor, labels: torch.Tensor,
@@ -88,7 +91,10 @@ def make_set(run: Run, method: str, cfg, images: torch.Tensor, labels: torch.Ten
             "num_classes": run.num_classes, "config": _plain(cfg)}
     if losses is not None:
         meta["final_loss"] = losses[-1] if losses else None
-    return SyntheticSet(images.detach().cpu(), labels.cpu(), meta, extras or {})
+    if not run.accel.is_default:  # recorded only when used, so default sets keep their meta
+        meta["accel"] = dataclasses.asdict(run.accel)
+    # contiguous: channels_last images would be refused by safetensors (a no-op otherwise)
+    return SyntheticSet(images.detach().cpu().contiguous(), labels.cpu(), meta, extras or {})
 
 
 def _plain(cfg) -> dict:

@@ -21,18 +21,18 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..accel import AccelConfig, autocast, to_memory_format
 from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
 from ..decoder import Decoder, DecoderConfig, decode, sample_latents
 from ..experts import ExpertConfig, final_network
 from ..cluster import voronoi_cells
-from ..fastpath import embed
 from ..robust import RobustConfig, Subpopulations, cvar
 from ..labels import LabellerConfig, soft_labels, train_labeller
 from ..synthetic import SyntheticSet
 from . import register_method
 from .common import Run, class_indices, fresh_net, make_set, optimize, sample_real
-from .dm import class_means, dm_loss
+from .dm import class_means, dm_loss, embed_features
 from .mtt import cache_root, experts_for, student_network, trajectory_matching_loss
 
 MATCHINGS = ("mtt", "dm", "none")
@@ -107,12 +107,16 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidths=BANDWIDTHS) -> to
             + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
 
 
-def mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw) -> torch.Tensor:
-    """Sum over classes of the unbiased MMD^2 between real and decoded features (one DSA draw per class)."""
-    # fastpath.embed: the same numbers as feature_net.embed, in cache-sized chunks (faster on CPU)
+def mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
+             accel: AccelConfig | None = None) -> torch.Tensor:
+    """Sum over classes of the unbiased MMD^2 between real and decoded features (one DSA draw per class).
+
+    Features come from dm.embed_features (fastpath.embed's faster CPU kernels; accel's autocast),
+    always as fp32: the MMD's kernels and distances are computed in fp32.
+    """
     with torch.no_grad():
-        feat_real = embed(feature_net, apply_dsa(images_real, draw, groups_real))
-    feat_syn = embed(feature_net, apply_dsa(images_syn, draw, groups_syn))
+        feat_real = embed_features(feature_net, apply_dsa(images_real, draw, groups_real), accel)
+    feat_syn = embed_features(feature_net, apply_dsa(images_syn, draw, groups_syn), accel)
     groups_real, groups_syn = groups_real.to(feat_real.device), groups_syn.to(feat_syn.device)
     return torch.stack([mmd2_unbiased(feat_syn[groups_syn == c], feat_real[groups_real == c])
                         for c in range(num_classes)]).sum()
@@ -129,7 +133,7 @@ def priors_per_class(run: Run, cfg: D3Config) -> tuple[int, int]:
 
 
 def robust_mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-                    robust: RobustConfig, cluster_fn) -> torch.Tensor:
+                    robust: RobustConfig, cluster_fn, accel: AccelConfig | None = None) -> torch.Tensor:
     """Sum over classes of the CVaR (level robust.alpha), over the class's subpopulations, of the
     MMD^2 between the class's decoded features and that subpopulation's real features.
 
@@ -138,8 +142,8 @@ def robust_mmd_loss(feature_net, images_real, groups_real, images_syn, groups_sy
     With one subpopulation per class and alpha = 1 this is mmd_loss.
     """
     with torch.no_grad():
-        feat_real = embed(feature_net, apply_dsa(images_real, draw, groups_real))
-    feat_syn = embed(feature_net, apply_dsa(images_syn, draw, groups_syn))
+        feat_real = embed_features(feature_net, apply_dsa(images_real, draw, groups_real), accel)
+    feat_syn = embed_features(feature_net, apply_dsa(images_syn, draw, groups_syn), accel)
     groups_real, groups_syn = groups_real.to(feat_real.device), groups_syn.to(feat_syn.device)
     ids = cluster_fn(feat_real, feat_syn.detach()).to(feat_real.device)
     losses = []
@@ -159,7 +163,8 @@ def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = Decoder(cfg.decoder, run.dataset.channels, run.dataset.im_size).to(run.device)
+        decoder = to_memory_format(Decoder(cfg.decoder, run.dataset.channels, run.dataset.im_size).to(run.device),
+                                   run.accel)
     prior_class = torch.arange(run.num_classes, device=run.device).repeat_interleave(lpc)
     return mu, logvar, decoder, prior_class
 
@@ -169,8 +174,8 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
     gen = torch.Generator().manual_seed(run.seed)
     lpc, draws = priors_per_class(run, cfg)
     trajectories = experts_for(run, cfg.experts, cfg.experts_dir) if cfg.needs_experts else None
-    feature_net = (final_network(trajectories[0], run.dataset, cfg.experts.model, run.device)
-                   if cfg.mmd_weight > 0 else None)
+    feature_net = (to_memory_format(final_network(trajectories[0], run.dataset, cfg.experts.model, run.device),
+                                    run.accel) if cfg.mmd_weight > 0 else None)
     mu, logvar, decoder, prior_class = init_generator(run, cfg, lpc, gen)
     mu.requires_grad_(True)
     logvar.requires_grad_(True)
@@ -184,20 +189,23 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
     subpops = Subpopulations(cfg.robust, run.seed) if cfg.robust else None
 
     def step(it: int) -> float:
-        images_syn = decode(decoder, sample_latents(mu, logvar, draws, gen), run.dataset.normalize)
+        with autocast(run.device, run.accel):
+            images_syn = decode(decoder, sample_latents(mu, logvar, draws, gen), run.dataset.normalize)
+        images_syn = images_syn.float()  # the losses below take fp32 images; a no-op without autocast
         loss = torch.zeros((), device=run.device)
         if cfg.matching == "mtt":
             loss = loss + trajectory_matching_loss(student, trajectories, images_syn, labels_draw, syn_lr, cfg,
-                                                   dsa, gen)
+                                                   dsa, gen, run.accel)
         if cfg.matching == "dm" or cfg.mmd_weight > 0:
             images_real, groups_real = sample_real(run, per_class, cfg.batch_real, gen)
             draw = sample_dsa(dsa, run.num_classes, run.dataset.im_size, gen) if dsa else None
             if cfg.matching == "dm":
                 net = fresh_net(run, cfg.experts.model, gen).requires_grad_(False)
-                loss = loss + dm_loss(net, images_real, groups_real, images_syn, labels_draw, run.num_classes, draw)
+                loss = loss + dm_loss(net, images_real, groups_real, images_syn, labels_draw, run.num_classes, draw,
+                                      run.accel)
             if cfg.mmd_weight > 0 and cfg.robust is None:
                 loss = loss + cfg.mmd_weight * mmd_loss(feature_net, images_real, groups_real, images_syn,
-                                                        labels_draw, run.num_classes, draw)
+                                                        labels_draw, run.num_classes, draw, run.accel)
             elif cfg.mmd_weight > 0:
                 def cluster_fn(feat_real, feat_syn):  # the nearest decoded image of the class, or K-means
                     if cfg.robust.clustering == "synthetic":
@@ -205,7 +213,7 @@ def distributional_distillation(run: Run, cfg: D3Config) -> SyntheticSet:
                     return subpops(it, feature_net, images_real, groups_real.to(run.device))
                 loss = loss + cfg.mmd_weight * robust_mmd_loss(feature_net, images_real, groups_real, images_syn,
                                                                labels_draw, run.num_classes, draw, cfg.robust,
-                                                               cluster_fn)
+                                                               cluster_fn, run.accel)
         opt_prior.zero_grad(set_to_none=True)
         opt_dec.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,8 +238,9 @@ def _finish(run, cfg, decoder, mu, logvar, prior_class, losses) -> SyntheticSet:
         labels = soft_labels(labeller, mean_images)
     else:
         labels = prior_class
+    # contiguous: channels_last decoder weights would be refused by safetensors (a no-op otherwise)
     extras = {"mu": mu.detach().cpu(), "logvar": logvar.detach().cpu(),
-              **{f"decoder.{k}": v.detach().cpu() for k, v in decoder.state_dict().items()}}
+              **{f"decoder.{k}": v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}}
     syn = make_set(run, "d3", cfg, mean_images, labels, losses, extras)
     syn.meta["lpc"] = len(prior_class) // run.num_classes
     syn.meta["generative"] = "d3"

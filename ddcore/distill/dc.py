@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..accel import AccelConfig, autocast
 from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
 from ..models import ModelConfig
@@ -71,10 +72,16 @@ def gradient_distance(grads_syn: list[torch.Tensor], grads_real: list[torch.Tens
     return total
 
 
-def class_gradients(net, images, labels, create_graph: bool) -> list[torch.Tensor]:
-    """Gradient of the mean cross-entropy on (images, labels) w.r.t. the network's parameters."""
+def class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig | None = None) -> list[torch.Tensor]:
+    """Gradient of the mean cross-entropy on (images, labels) w.r.t. the network's parameters.
+
+    Under accel's bf16 autocast only the forward is in bf16: the parameters stay fp32, so their
+    gradients come out fp32, and the backward runs outside the region, as torch recommends.
+    """
     params = [p for p in net.parameters() if p.requires_grad]
-    loss = F.cross_entropy(net(images), labels)
+    with autocast(images.device, accel):
+        logits = net(images)
+    loss = F.cross_entropy(logits.float(), labels)  # fp32 loss; a no-op without autocast
     return list(torch.autograd.grad(loss, params, create_graph=create_graph))
 
 
@@ -87,8 +94,9 @@ def match_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, 
         draw = sample_dsa(dsa, 1, run.dataset.im_size, gen) if dsa else None
         target_real = torch.full((images_real.shape[0],), c, device=run.device)
         target_syn = torch.full((syn.shape[0],), c, device=run.device)
-        grads_real = [g.detach() for g in class_gradients(net, apply_dsa(images_real, draw), target_real, False)]
-        grads_syn = class_gradients(net, apply_dsa(syn, draw), target_syn, True)
+        grads_real = [g.detach() for g in class_gradients(net, apply_dsa(images_real, draw), target_real, False,
+                                                          run.accel)]
+        grads_syn = class_gradients(net, apply_dsa(syn, draw), target_syn, True, run.accel)
         loss = loss + gradient_distance(grads_syn, grads_real)
     return loss
 
@@ -102,7 +110,7 @@ def robust_train_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_
     labels_real = labels_real.to(run.device)
     ids = subpops(it, net, images_real, labels_real, images_syn.detach(), labels_syn)
     one_step = TrainConfig(epochs=1, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0,
-                           batch_size=len(images_real), decay_at_half=False)
+                           batch_size=len(images_real), decay_at_half=False, chunk_size=cfg.robust.chunk_size)
     train_network_robust(net, images_real, labels_real, ids, one_step, cfg.robust, dsa, gen)
 
 
@@ -133,7 +141,8 @@ def gradient_matching(run: Run, cfg: DCConfig):
             opt.step()
             total += loss.item()
             if ol < outer - 1:
-                train_network(net, images_syn.detach(), labels_dev, inner_cfg, dsa, gen)
+                with autocast(run.device, run.accel):  # the inner loop's forwards; steps stay fp32
+                    train_network(net, images_syn.detach(), labels_dev, inner_cfg, dsa, gen)
         return total / outer
 
     losses = optimize(run, name, cfg, cfg.iterations, step, {"images_syn": images_syn}, {"img": opt}, gen)

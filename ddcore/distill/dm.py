@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..accel import AccelConfig, amp_enabled, autocast
 from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..fastpath import embed
 from ..checks import check_choice, check_float, check_int
@@ -48,17 +49,33 @@ def class_means(features: torch.Tensor, groups: torch.Tensor, num_classes: int) 
     return sums / counts[:, None]
 
 
-def dm_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw) -> torch.Tensor:
+def embed_features(net, x: torch.Tensor, accel: AccelConfig | None = None) -> torch.Tensor:
+    """net.embed(x) as float32, computed under accel's autocast.
+
+    fastpath.embed computes net.embed in cache-sized chunks with faster CPU kernels (same numbers).
+    Under bf16 on the CPU the stock net.embed runs instead: fastpath's chunks run on worker
+    threads, which do not inherit autocast (its state is per thread), and its Winograd transforms
+    lose too much in bf16. On CUDA fastpath.embed is net.embed already.
+    """
+    stock = amp_enabled(accel) and not x.is_cuda
+    with autocast(x.device, accel):
+        out = net.embed(x) if stock else embed(net, x)
+    return out.float()  # means and distances in fp32; a no-op without autocast
+
+
+def dm_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
+            accel: AccelConfig | None = None) -> torch.Tensor:
     """Sum over classes of the squared distance between real and synthetic mean embeddings."""
-    # fastpath.embed computes net.embed in cache-sized chunks with faster CPU kernels (same numbers).
     with torch.no_grad():
-        mean_real = class_means(embed(net, apply_dsa(images_real, draw, groups_real)), groups_real, num_classes)
-    mean_syn = class_means(embed(net, apply_dsa(images_syn, draw, groups_syn)), groups_syn, num_classes)
+        feat_real = embed_features(net, apply_dsa(images_real, draw, groups_real), accel)
+        mean_real = class_means(feat_real, groups_real, num_classes)
+    feat_syn = embed_features(net, apply_dsa(images_syn, draw, groups_syn), accel)
+    mean_syn = class_means(feat_syn, groups_syn, num_classes)
     return ((mean_real - mean_syn) ** 2).sum()
 
 
 def dm_robust_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-                   robust: RobustConfig, cluster_fn) -> torch.Tensor:
+                   robust: RobustConfig, cluster_fn, accel: AccelConfig | None = None) -> torch.Tensor:
     """Sum over classes of the CVaR, over the class's subpopulations, of the squared distance
     between the class's synthetic mean embedding and the subpopulation's real mean embedding.
 
@@ -66,8 +83,8 @@ def dm_robust_loss(net, images_real, groups_real, images_syn, groups_syn, num_cl
     across classes. With one subpopulation per class this is dm_loss.
     """
     with torch.no_grad():
-        feat_real = embed(net, apply_dsa(images_real, draw, groups_real))
-    feat_syn = embed(net, apply_dsa(images_syn, draw, groups_syn))
+        feat_real = embed_features(net, apply_dsa(images_real, draw, groups_real), accel)
+    feat_syn = embed_features(net, apply_dsa(images_syn, draw, groups_syn), accel)
     groups_real = groups_real.to(feat_real.device)
     ids = cluster_fn(feat_real, feat_syn.detach())
     num_clusters = int(ids.max()) + 1
@@ -95,14 +112,15 @@ def distribution_matching(run: Run, cfg: DMConfig):
         images_real, groups_real = sample_real(run, per_class, cfg.batch_real, gen)
         draw = sample_dsa(dsa, run.num_classes, run.dataset.im_size, gen) if dsa else None
         if cfg.robust is None:
-            loss = dm_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes, draw)
+            loss = dm_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes, draw,
+                           run.accel)
         else:
             def cluster_fn(feat_real, feat_syn):
                 if cfg.robust.clustering == "synthetic":  # the nearest synthetic image of the class
                     return voronoi_cells(feat_real, groups_real, feat_syn, labels_syn)
                 return subpops(it, net, images_real, groups_real.to(run.device))
             loss = dm_robust_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes,
-                                  draw, cfg.robust, cluster_fn)
+                                  draw, cfg.robust, cluster_fn, run.accel)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..accel import AccelConfig, autocast
 from ..augment import DSAConfig, apply_dsa, dsa_for, sample_dsa
 from ..checks import check_float, check_int
 from ..experts import ExpertConfig, forward_with, load_or_train_experts
@@ -70,11 +71,12 @@ def experts_for(run: Run, cfg: ExpertConfig, experts_dir: str | None) -> list[to
 
 def trajectory_matching_loss(net, trajectories: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
                              syn_lr: torch.Tensor, cfg, dsa: DSAConfig | None,
-                             generator: torch.Generator) -> torch.Tensor:
+                             generator: torch.Generator, accel: AccelConfig | None = None) -> torch.Tensor:
     """The normalised parameter distance after syn_steps student steps on (images, labels).
 
     cfg supplies syn_steps, expert_epochs, max_start_epoch and batch_syn; labels are class ids
-    or soft targets.
+    or soft targets. Under accel's bf16 autocast each step's forward runs in bf16; the flat
+    parameters, their gradients and the distance stay fp32.
     """
     traj = trajectories[int(torch.randint(len(trajectories), (1,), generator=generator))]
     t = int(torch.randint(cfg.max_start_epoch + 1, (1,), generator=generator))
@@ -88,7 +90,9 @@ def trajectory_matching_loss(net, trajectories: list[torch.Tensor], images: torc
         x = images[idx]
         if dsa is not None and dsa.families:
             x = apply_dsa(x, sample_dsa(dsa, batch, tuple(x.shape[-2:]), generator, same_family=True))
-        loss = F.cross_entropy(forward_with(net, theta, x), labels[idx])
+        with autocast(images.device, accel):
+            logits = forward_with(net, theta, x)
+        loss = F.cross_entropy(logits.float(), labels[idx])  # fp32 loss; a no-op without autocast
         grad, = torch.autograd.grad(loss, theta, create_graph=True)
         theta = theta - syn_lr * grad
     return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
@@ -114,7 +118,8 @@ def matching_training_trajectories(run: Run, cfg: MTTConfig):
     dsa = dsa_for(run.dataset.name) if cfg.dsa else None
 
     def step(it: int) -> float:
-        loss = trajectory_matching_loss(net, trajectories, images_syn, labels_syn, syn_lr, cfg, dsa, gen)
+        loss = trajectory_matching_loss(net, trajectories, images_syn, labels_syn, syn_lr, cfg, dsa, gen,
+                                        run.accel)
         opt_img.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
         loss.backward()

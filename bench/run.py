@@ -113,6 +113,7 @@ class Workload:
     syn_steps: int | None = None   # mtt, d3
     batch_syn: int | None = None   # mtt, d3: synthetic images per student step; None: all
     samples_per_prior: int = 1     # d3
+    robust_chunk: int | None = None  # dc+robust: RobustConfig.chunk_size (images per pass of its robust step)
     warmup: int = 1
     repeats: int = 5
 
@@ -138,6 +139,7 @@ class Settings:
     memory_ipc: int = 10                   # the memory table's ipc, syn_steps and bounded batch_syn
     memory_steps: tuple[int, ...] = (5, 10, 20)
     memory_batch_syn: int = 20
+    robust_chunk: int = 256                # the memory table's dc+robust row: RobustConfig(chunk_size=...)
     threads: int = field(default_factory=torch.get_num_threads)
     matmul_n: int = 2048                   # the reference matmul is n x n by n x n, fp32
     matmul_repeats: int = 7
@@ -231,6 +233,8 @@ def build_plan(s: Settings) -> list[Workload]:
                 for batch_syn in (None, s.memory_batch_syn):
                     plan.append(_row(s, "memory", m, shape, s.memory_ipc, syn_steps=steps,
                                      batch_syn=batch_syn, repeats=min(s.repeats, 3)))
+        if "dc+robust" in s.methods:  # its robust step trains on all 10 x batch_real images at once
+            plan.append(_row(s, "memory", "dc+robust", shape, max(s.ipcs), robust_chunk=s.robust_chunk))
     return plan
 
 
@@ -242,7 +246,7 @@ def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
     if w.method in ("dc", "dc+robust"):
         return "dc", dict(iterations=iterations, batch_real=w.batch_real, model=model, dsa=True,
                           outer_loop=w.outer_loop, inner_loop=w.inner_loop,
-                          robust=RobustConfig() if w.method == "dc+robust" else None)
+                          robust=RobustConfig(chunk_size=w.robust_chunk) if w.method == "dc+robust" else None)
     trajectory = dict(iterations=iterations, syn_steps=w.syn_steps, batch_syn=w.batch_syn, dsa=True,
                       experts=bench_experts(w.width), experts_dir=experts_dir,
                       max_start_epoch=EXPERT_EPOCHS - EXPERT_AHEAD, expert_epochs=EXPERT_AHEAD)
@@ -462,7 +466,8 @@ def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
 def settings_label(r: dict) -> str:
     if r["outer_loop"]:
         of = f" of {r['reference_outer']}" if r.get("reference_outer") else ""
-        return f"outer {r['outer_loop']}{of} inner {r['inner_loop']}"
+        chunk = f" chunk {r['robust_chunk']}" if r.get("robust_chunk") else ""
+        return f"outer {r['outer_loop']}{of} inner {r['inner_loop']}{chunk}"
     if r["syn_steps"]:
         extra = f" x{r['samples_per_prior']}/prior" if r["samples_per_prior"] > 1 else ""
         return f"syn_steps {r['syn_steps']} batch_syn {r['batch_syn'] or 'all'}{extra}"
@@ -483,17 +488,24 @@ def print_row(r: dict) -> None:
 
 
 def print_memory_table(rows: list[dict]) -> None:
-    rows = [r for r in rows if r["table"] == "memory" and r["status"] == "ok"]
-    if not rows:
-        return
-    print(f"\nMTT and D3 against syn_steps (ipc {rows[0]['ipc']}); peak MiB and its rise over the worker's set-up;"
-          " ms/image-step = s/it / (syn_steps x batch), MTT only")
-    print(f"{'method':<6} {'shape':<8} {'steps':>5} {'batch_syn':>9} {'s/it':>8} {'ms/image-step':>13} "
-          f"{'peak MiB':>9} {'+setup':>8}")
-    for r in rows:
+    memory = [r for r in rows if r["table"] == "memory" and r["status"] == "ok"]
+    trajectory = [r for r in memory if r["method"] in ("mtt", "d3")]
+    if trajectory:
+        print(f"\nMTT and D3 against syn_steps (ipc {trajectory[0]['ipc']}); peak MiB and its rise over the "
+              "worker's set-up; ms/image-step = s/it / (syn_steps x batch), MTT only")
+        print(f"{'method':<6} {'shape':<8} {'steps':>5} {'batch_syn':>9} {'s/it':>8} {'ms/image-step':>13} "
+              f"{'peak MiB':>9} {'+setup':>8}")
+    for r in trajectory:
         per_step = f"{1e3 * r['s_per_image_step']:.3g}" if r["s_per_image_step"] else "-"
         print(f"{r['method']:<6} {r['shape']:<8} {r['syn_steps']:>5} {str(r['batch_syn'] or 'all'):>9} "
               f"{r['median_s']:>8.3g} {per_step:>13} {r['peak_mib']:>9.0f} {r['peak_mib'] - r['setup_mib']:>8.0f}")
+    for r in memory:
+        if r["method"] == "dc+robust":
+            whole = [m for m in rows if m["table"] == "main" and m["method"] == "dc+robust" and m["status"] == "ok"
+                     and (m["shape"], m["ipc"]) == (r["shape"], r["ipc"])]
+            versus = (f"; whole batch: {whole[0]['median_s']:.3g} s, {whole[0]['peak_mib']:.0f} MiB" if whole else "")
+            print(f"dc+robust {r['shape']} ipc {r['ipc']}, robust step in chunks of {r['robust_chunk']}: "
+                  f"{r['median_s']:.3g} s/it, peak {r['peak_mib']:.0f} MiB{versus}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -45,8 +45,11 @@ def test_quick_settings_and_plan():
     assert {(w.method, w.ipc) for w in main} == {(m, k) for m in bench.METHODS for k in (1, 10)}
     assert {w.shape for w in plan} == {"mnist5k"}
     assert all(w.outer_loop <= 2 and w.inner_loop <= 2 for w in plan if w.method.startswith("dc"))
-    assert {(w.method, w.batch_syn) for w in plan if w.table == "memory"} == {
+    assert {(w.method, w.batch_syn) for w in plan if w.table == "memory" and w.method != "dc+robust"} == {
         (m, b) for m in ("mtt", "d3") for b in (None, s.memory_batch_syn)}
+    chunked = [w for w in plan if w.table == "memory" and w.method == "dc+robust"]
+    assert [(w.ipc, w.robust_chunk) for w in chunked] == [(10, s.robust_chunk)]
+    assert bench.method_options(chunked[0], "x")[1]["robust"].chunk_size == s.robust_chunk
     assert [w for w in plan if w.method == "d3" and w.ipc == 1][0].samples_per_prior == 2
 
 

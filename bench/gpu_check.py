@@ -13,6 +13,7 @@ ahead); D3 matches trajectories plus the MMD and skips its soft labels. Configur
   a  fp32:                AccelConfig()
   b  bf16 + channels_last: AccelConfig(amp="bf16", channels_last=True)
   c  b + compile:         AccelConfig(amp="bf16", channels_last=True, compile=True), evaluation only
+  b+batched:              b with DCConfig(batch_classes=True): every class's gradients in one vmap pass, DC only
 Timing: 2 warm-up iterations (epochs for eval; c's compilation happens in them), then the median
 of 5, each between two torch.cuda.synchronize() calls (for distill: the stamps of consecutive
 on_iteration calls, each taken after a synchronize). Speed-up = a's seconds / b's (or c's).
@@ -59,6 +60,8 @@ PARTS = METHODS + ("eval", "accuracy")
 CONFIGS = {"a": AccelConfig(),
            "b": AccelConfig(amp="bf16", channels_last=True),
            "c": AccelConfig(amp="bf16", channels_last=True, compile=True)}
+# configurations timed per part; "b+batched" is b with DCConfig(batch_classes=True) (one vmap pass)
+PART_CONFIGS = {"eval": ("a", "b", "c"), "dc": ("a", "b", "b+batched")}
 NUM_CLASSES = 10
 
 
@@ -120,7 +123,7 @@ def method_options(method: str, s: Settings, experts_dir: Path) -> dict:
 
 
 def time_method(method: str, data: Dataset, accel: AccelConfig, s: Settings, device: torch.device,
-                experts_dir: Path) -> list[float]:
+                experts_dir: Path, **extra) -> list[float]:
     """Seconds of each timed iteration: differences of synchronised stamps taken after each one."""
     stamps = []
 
@@ -129,7 +132,7 @@ def time_method(method: str, data: Dataset, accel: AccelConfig, s: Settings, dev
         stamps.append(time.perf_counter())
 
     distill(method, data, s.ipc, seed=0, device=device, progress=False, on_iteration=stamp, accel=accel,
-            **method_options(method, s, experts_dir))
+            **method_options(method, s, experts_dir), **extra)
     return [b - a for a, b in zip(stamps[s.warmup - 1:], stamps[s.warmup:])]
 
 
@@ -156,16 +159,17 @@ def speed_rows(parts: list[str], s: Settings, device: torch.device, out: Path) -
     if any(m in parts for m in ("mtt", "d3")):  # trained (or read) before any timing
         load_or_train_experts(data, experts_config(s), seed=0, device=device, root=experts_dir)
     for method in (m for m in METHODS + ("eval",) if m in parts):
-        for name in ("a", "b", "c") if method == "eval" else ("a", "b"):
+        for name in PART_CONFIGS.get(method, ("a", "b")):
             print(f"timing {method} {name} ...", file=sys.stderr, flush=True)
+            accel, extra = CONFIGS[name.split("+")[0]], ({"batch_classes": True} if name.endswith("+batched") else {})
             try:
-                t = (time_eval(data, CONFIGS[name], s, device) if method == "eval"
-                     else time_method(method, data, CONFIGS[name], s, device, experts_dir))
+                t = (time_eval(data, accel, s, device) if method == "eval"
+                     else time_method(method, data, accel, s, device, experts_dir, **extra))
                 row = {"status": "ok", "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
             except Exception as err:  # one failing option must not cost the rest of a GPU session
                 traceback.print_exc()
                 row = {"status": f"error: {type(err).__name__}: {err}"[:300]}
-            rows.append({"table": "speed", "method": method, "config": name, "accel": repr(CONFIGS[name]), **row})
+            rows.append({"table": "speed", "method": method, "config": name, "accel": repr(accel), **extra, **row})
     for r in rows:
         base = next((b for b in rows if b["method"] == r["method"] and b["config"] == "a"), None)
         if r.get("median_s") and base and base.get("median_s"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
 
 from ..accel import AccelConfig, autocast
 from ..augment import apply_dsa, dsa_for, sample_dsa
@@ -45,6 +46,9 @@ class DCConfig:
     dsa: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     robust: RobustConfig | None = None  # robust distillation (Vahidian et al. 2025): see robust_train_step
+    batch_classes: bool = False       # every class's gradients in one batched pass (torch.func.vmap):
+                                      # the same loss, fewer and larger kernels (for GPUs); needs
+                                      # batch_real real images in every class
 
     def __post_init__(self):
         check_int("iterations", self.iterations, low=0)
@@ -85,18 +89,45 @@ def class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig 
     return list(torch.autograd.grad(loss, params, create_graph=create_graph))
 
 
+def batched_class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig | None = None):
+    """class_gradients of every class in one pass: images (C, n, ...) and labels (C, n) give, per
+    parameter, a (C, *shape) tensor. Differentiable w.r.t. the images when create_graph is True."""
+    params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+
+    def loss_fn(p, x, y):
+        with autocast(x.device, accel):
+            logits = functional_call(net, p, (x,))
+        return F.cross_entropy(logits.float(), y)
+
+    grads = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, images, labels)
+    return [g if create_graph else g.detach() for g in grads.values()]
+
+
 def match_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen) -> torch.Tensor:
     """One outer step's matching loss, summed over classes."""
-    loss = images_syn.new_zeros(())
+    real, syn = [], []  # each class's batches under its own DSA draw
     for c in range(run.num_classes):
         images_real, _ = sample_real(run, per_class, cfg.batch_real, gen, classes=[c])
-        syn = images_syn[labels_syn == c]
         draw = sample_dsa(dsa, 1, run.dataset.im_size, gen) if dsa else None
-        target_real = torch.full((images_real.shape[0],), c, device=run.device)
-        target_syn = torch.full((syn.shape[0],), c, device=run.device)
-        grads_real = [g.detach() for g in class_gradients(net, apply_dsa(images_real, draw), target_real, False,
-                                                          run.accel)]
-        grads_syn = class_gradients(net, apply_dsa(syn, draw), target_syn, True, run.accel)
+        real.append(apply_dsa(images_real, draw))
+        syn.append(apply_dsa(images_syn[labels_syn == c], draw))
+    loss = images_syn.new_zeros(())
+    if cfg.batch_classes:
+        sizes = [len(x) for x in real]
+        if len(set(sizes)) > 1:
+            raise ValueError(f"batch_classes=True needs batch_real={cfg.batch_real} real images in every class; "
+                             f"the smallest has {min(sizes)}: lower batch_real or set batch_classes=False")
+        targets = torch.arange(run.num_classes, device=run.device)[:, None]
+        grads_real = batched_class_gradients(net, torch.stack(real), targets.expand(-1, sizes[0]), False, run.accel)
+        grads_syn = batched_class_gradients(net, torch.stack(syn), targets.expand(-1, run.ipc), True, run.accel)
+        for c in range(run.num_classes):
+            loss = loss + gradient_distance([g[c] for g in grads_syn], [g[c] for g in grads_real])
+        return loss
+    for c in range(run.num_classes):
+        target_real = torch.full((len(real[c]),), c, device=run.device)
+        target_syn = torch.full((len(syn[c]),), c, device=run.device)
+        grads_real = [g.detach() for g in class_gradients(net, real[c], target_real, False, run.accel)]
+        grads_syn = class_gradients(net, syn[c], target_syn, True, run.accel)
         loss = loss + gradient_distance(grads_syn, grads_real)
     return loss
 

@@ -55,6 +55,9 @@ from ddcore.models import ModelConfig
 from ddcore.runtime import resolve_device
 from ddcore.train import TrainConfig, train_network
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import random_cifar10  # noqa: E402  (bench/run.py: CIFAR-10's shape, N(0, 1) pixels)
+
 METHODS = ("dm", "dc", "mtt", "d3")
 PARTS = METHODS + ("eval", "accuracy")
 CONFIGS = {"a": AccelConfig(),
@@ -62,7 +65,6 @@ CONFIGS = {"a": AccelConfig(),
            "c": AccelConfig(amp="bf16", channels_last=True, compile=True)}
 # configurations timed per part; "b+batched" is b with DCConfig(batch_classes=True) (one vmap pass)
 PART_CONFIGS = {"eval": ("a", "b", "c"), "dc": ("a", "b", "b+batched")}
-NUM_CLASSES = 10
 
 
 @dataclass
@@ -85,16 +87,6 @@ class Settings:
 
 TINY = Settings(width=8, ipc=2, per_class=20, batch_real=16, dc_loops=(2, 2), syn_steps=2, expert_epochs=2,
                 ahead=1, warmup=1, repeats=2, acc_iterations=5, acc_epochs=3, acc_nets=2)
-
-
-def random_cifar10(per_class: int, seed: int = 0) -> Dataset:
-    """CIFAR-10's shape and normalisation with N(0, 1) pixels: enough for timing."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(NUM_CLASSES * (per_class + 10), 3, 32, 32, generator=gen)
-    labels = torch.arange(NUM_CLASSES).repeat(per_class + 10)
-    cut = NUM_CLASSES * per_class
-    return Dataset("cifar10_random", images[:cut], labels[:cut], images[cut:], labels[cut:],
-                   [f"class_{c}" for c in range(NUM_CLASSES)], (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 
 def _sync(device: torch.device) -> None:

@@ -4,7 +4,8 @@ against the machine's own fp32 matmul rate (issue #7). Run by hand on a quiet ma
     python bench/run.py [--device cpu|cuda] [--quick] [--only dm dc ...] [--out results/bench]
                         [--threads N] [--repeats 5] [--shapes mnist5k] [--ipcs 1 10] [--list]
 
-Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults), `mtt`,
+Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults but its
+robust step in one pass: chunk_size=None), `mtt`,
 `d3` (matching='mtt' plus MMD) and `eval` (train_network, 1 epoch, TrainConfig() defaults, on a
 synthetic set of ipc real images per class), each with ConvNet-3 width 128 (instance norm),
 256 real images per class, DSA on, IPC 1/10/50, at two shapes: `mnist5k` (the real data,
@@ -13,7 +14,8 @@ DC uses the reference's (outer, inner) loops for the IPC; MTT and D3 their defau
 10, batch_syn None) with one 4-epoch expert trained before any timing (max_start_epoch 2);
 D3 at IPC 1 decodes 2 samples per prior (its unbiased MMD needs 2 images per class) and skips
 the soft labels (made after the last iteration). A second table: MTT and D3 at IPC 10 for
-syn_steps 5/10/20 with batch_syn None (all 100 images) and 20, the option that bounds memory.
+syn_steps 5/10/20 with batch_syn None (all 100 images) and 20, the option that bounds memory,
+and dc+robust at the largest IPC with its robust step in chunks of 256 (RobustConfig's default).
 
 Timing: each workload runs in a fresh process (so that its peak memory is its own) and calls
 `distill(..., iterations=warmup + repeats, on_iteration=...)`: the method's own loop reports the
@@ -146,6 +148,7 @@ class Settings:
     out: str = "results/bench"             # CSV, the workers' data files, the experts
     figure: str = ""                       # set by parse_settings from device and quick
     list_only: bool = False                # --list: print the plan, time nothing
+    plot_only: str | None = None           # --plot-only CSV: redraw the figure, time nothing
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -161,9 +164,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--ipcs", nargs="+", type=int, default=None, help="a subset of the ipcs (default 1 10 50)")
     p.add_argument("--dc-outer-cap", type=int, default=2,
                    help="outer steps timed of DC's ipc >= 10 iterations (0: the reference's, 15+ min each)")
+    p.add_argument("--plot-only", metavar="CSV", help="redraw the figure from a CSV this script wrote")
     p.add_argument("--list", action="store_true", help="print the workloads and their GFLOP, time nothing")
     args = p.parse_args(argv)
-    s = Settings(device=args.device, quick=args.quick, methods=tuple(args.only), threads=args.threads,
+    s = Settings(plot_only=args.plot_only, device=args.device, quick=args.quick, methods=tuple(args.only), threads=args.threads,
                  out=args.out, list_only=args.list, dc_outer_cap=args.dc_outer_cap or None, matmul_n=4096 if args.device == "cuda" else 2048)
     if args.quick:
         s = dataclasses.replace(s, shapes=("mnist5k",), ipcs=(1, 10), width=32, batch_real=64, repeats=2,
@@ -508,6 +512,19 @@ def print_memory_table(rows: list[dict]) -> None:
                   f"{r['median_s']:.3g} s/it, peak {r['peak_mib']:.0f} MiB{versus}")
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV written by write_csv, with numbers as numbers (for --plot-only)."""
+    def value(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v or None
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -526,6 +543,8 @@ def device_label(device: str) -> str:
     return f"CPU {model} ({os.cpu_count()} cores)"
 
 
+PLOT_LABELS = {"eval": "eval (1 epoch)", "dc": "dc (ipc >= 10: 2 of the reference's outer steps)",
+               "dc+robust": "dc+robust (likewise)"}
 SHAPE_TITLES = {"mnist5k": "mnist5k (1x28x28, real images)", "cifar10": "CIFAR-10 shape (3x32x32, random)"}
 
 
@@ -546,7 +565,7 @@ def plot(rows: list[dict], s: Settings, label: str) -> Path:
                 x, med, lo, hi = map(list, zip(*pts))
                 ax.errorbar(x, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
                             marker="o", capsize=3, color=f"C{i}",
-                            label="eval (1 epoch)" if method == "eval" else method)
+                            label=PLOT_LABELS.get(method, method))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(list(s.ipcs), [str(k) for k in s.ipcs])
@@ -585,6 +604,8 @@ def main(argv: list[str] | None = None) -> None:
     rate = matmul_gflops(torch.device(s.device), s.matmul_n, s.matmul_repeats)
     if s.list_only:
         return print_plan(plan, rate)
+    if s.plot_only:
+        return print(f"wrote {plot(read_csv(Path(s.plot_only)), s, label)}")
     out = Path(s.out)
     paths, experts_dir = prepare(s, plan, out)
     memory = "peak RSS of the row's process" if s.device == "cpu" else "torch.cuda.max_memory_allocated"

@@ -41,9 +41,10 @@ class RobustConfig:
     alpha: float = 0.8             # CVaR level: the worst alpha fraction of each cluster's losses counts
     max_weight: float = 1.0        # weight of the worst cluster's CVaR, added to the mean over clusters
     recluster_every: int = 10      # K-means refit period in steps; new points are assigned in between
-    chunk_size: int | None = None  # DC's robust step: real images per forward/backward pass. It trains on
-                                   # all of T' (2,560 images) at once; chunks bound its memory for one extra
-                                   # forward, with the same gradient (train.chunked_backward). None: one pass
+    chunk_size: int | None = 256   # DC's robust step trains on all of T' (10 x 256 images) at once: this
+                                   # many per forward/backward pass, same gradient (train.chunked_backward).
+                                   # bench/run.py, mnist5k ipc 50: 7.6 -> 2.9 GiB peak, 43 -> 40 s per
+                                   # iteration, despite the extra forward it costs. None: one pass
 
     def __post_init__(self):
         check_choice("clustering", self.clustering, CLUSTERINGS)

@@ -46,8 +46,9 @@ So: dm = F_embed (real + 2 syn); dc = outer x [(3F - F_1) real + 9F syn] + (oute
 (3F - F_1) syn. GFLOP/s = that count / median seconds, and ratio = GFLOP/s / matmul GFLOP/s.
 
 MTT and D3 keep every student step's graph: about 2.1 MiB per image and step at width 128
-(measured on the mnist5k shape with the fused first block; 3.4 MiB before it), so peaks of about
-13-15 GiB at IPC 50 and syn_steps 10, and 5.5-6 GiB at IPC 10 and syn_steps 20. A worker that fails (e.g. killed for memory) gives a row with its status and
+(measured on the mnist5k shape; 3.4 MiB was measured before the fused first block and the
+allocator setting), so peaks of about 13-15 GiB at IPC 50 and syn_steps 10, and 5.5-6 GiB at
+IPC 10 and syn_steps 20. A worker that fails (e.g. killed for memory) gives a row with its status and
 the run goes on.
 
 Memory: on CPU the peak RSS of the workload's process during the timed call (VmHWM of

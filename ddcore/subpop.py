@@ -10,7 +10,13 @@ A distilled set that only covers the common mode scores well on group 0 and poor
 Transforms act on [0, 1] pixels (`dataset.to_unit`) and are normalised back:
 - 'invert' (default): 1 - x, colour inversion; keeps every shape, so the label, and is far from
   the common images in pixel space, so a mean-matching method can easily miss it;
-- 'rotate90': a quarter turn counter-clockwise (square images only).
+- 'rotate90': a quarter turn counter-clockwise (square images only);
+- 'vflip': upside down (rows reversed). Meant for clothes (`fashion_mnist`): a garment or shoe
+  photographed upside down is still what it was, DSA's +-15 degree rotations and horizontal flips
+  never produce it, and it moves every pixel, so a method that covers only the upright mode
+  misses it. It is not for digits (an upside-down 6 is a 9).
+
+Any registered data set can be the base (`mnist5k`, `fashion_mnist`, ...).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from .data import Dataset
 
 __all__ = ["make_rare_subgroups", "TRANSFORMS", "transform_unit"]
 
-TRANSFORMS = ("invert", "rotate90")
+TRANSFORMS = ("invert", "rotate90", "vflip")
 
 
 def transform_unit(images_unit: torch.Tensor, transform: str) -> torch.Tensor:
@@ -31,6 +37,8 @@ def transform_unit(images_unit: torch.Tensor, transform: str) -> torch.Tensor:
     check_choice("transform", transform, TRANSFORMS)
     if transform == "invert":
         return 1.0 - images_unit
+    if transform == "vflip":
+        return torch.flip(images_unit, dims=(-2,))
     if images_unit.shape[-1] != images_unit.shape[-2]:
         raise ValueError(f"transform='rotate90' needs square images, got {tuple(images_unit.shape[-2:])}")
     return torch.rot90(images_unit, 1, dims=(-2, -1))

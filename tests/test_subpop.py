@@ -45,6 +45,24 @@ def test_rotate90_transform(small):
         transform_unit(torch.rand(1, 1, 4, 6), "rotate90")
 
 
+def test_vflip_on_a_fashion_mnist_base(tmp_path, monkeypatch):
+    """The clothes benchmark: fashion_mnist (here a small fake copy of Debian's files), upside down."""
+    import numpy as np
+    from ddcore import data
+    from test_data import _write_debian_folder
+    _write_debian_folder(tmp_path / "fm", np.random.default_rng(0), n_train=60, n_test=20)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "fm")
+    fashion = data.load_dataset("fashion_mnist")
+    rare_set, groups, test_groups = make_rare_subgroups(fashion, rare_fraction=0.2, transform="vflip", seed=0)
+    rare = groups == 1
+    assert rare_set.name == "fashion_mnist_rare" and 0 < int(rare.sum()) < 60
+    torch.testing.assert_close(rare_set.images_train[rare], torch.flip(fashion.images_train[rare], dims=(-2,)))
+    assert torch.equal(rare_set.images_train[~rare], fashion.images_train[~rare])
+    torch.testing.assert_close(rare_set.images_test[test_groups == 1], torch.flip(fashion.images_test, dims=(-2,)))
+    from ddcore.augment import dsa_for
+    assert "flip" in dsa_for(rare_set.name).strategy  # clothes keep DSA's horizontal flips
+
+
 def test_every_class_keeps_both_groups_at_extreme_fractions(small):
     for fraction in (0.001, 0.999):
         _, groups, _ = make_rare_subgroups(small, rare_fraction=fraction, seed=0)
@@ -59,5 +77,5 @@ def test_rare_fraction_must_lie_in_the_open_interval(small, fraction):
 
 
 def test_unknown_transform_is_refused(small):
-    with pytest.raises(ValueError, match=r"transform='blur'.*\['invert', 'rotate90'\]"):
+    with pytest.raises(ValueError, match=r"transform='blur'.*\['invert', 'rotate90', 'vflip'\]"):
         make_rare_subgroups(small, transform="blur")

@@ -47,15 +47,22 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES.glob("*.yaml"))
 
 
-def profile_parameters(profile: str, notebook: str) -> dict:
-    """The profile's `all` section merged with the notebook's own section."""
+def profile_parameters(profile: str, notebook: str, _seen: tuple[str, ...] = ()) -> dict:
+    """The profile's `all` section merged with the notebook's own section.
+
+    A profile with `extends: OTHER` starts from OTHER's parameters for the notebook, then applies
+    its own `all` and notebook sections (e.g. gpu_fashion_mnist = gpu on another data set).
+    """
     check_choice("profile", profile, available_profiles())
+    if profile in _seen:
+        raise ValueError(f"profiles extend each other in a loop: {' -> '.join(_seen + (profile,))}")
     spec = yaml.safe_load((PROFILES / f"{profile}.yaml").read_text()) or {}
-    unknown = set(spec) - {"all"} - set(available_notebooks())
+    unknown = set(spec) - {"all", "extends"} - set(available_notebooks())
     if unknown:
         raise ValueError(f"profile {profile} names unknown notebooks {sorted(unknown)}; "
                          f"notebooks are {available_notebooks()}")
-    return {**(spec.get("all") or {}), **(spec.get(notebook) or {})}
+    base = profile_parameters(spec["extends"], notebook, _seen + (profile,)) if "extends" in spec else {}
+    return {**base, **(spec.get("all") or {}), **(spec.get(notebook) or {})}
 
 
 def run_notebook(name: str, profile: str, out_dir: Path, progress: bool = True) -> Outcome:

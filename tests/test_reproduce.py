@@ -85,6 +85,21 @@ def test_profiles_only_name_existing_notebooks_and_parameters():
             assert not unknown, f"profile {profile} sets {unknown}, which {name} does not have"
 
 
+def test_profile_extends_another(fake_project):
+    (rp.PROFILES / "big.yaml").write_text("all: {value: 1, other: 2}\n10_ok: {value: 3}\n")
+    (rp.PROFILES / "big_variant.yaml").write_text("extends: big\nall: {other: 5}\n")
+    assert rp.profile_parameters("big_variant", "10_ok") == {"value": 3, "other": 5}
+    (rp.PROFILES / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ValueError, match="loop"):
+        rp.profile_parameters("loop", "10_ok")
+
+
+def test_gpu_fashion_mnist_profile_needs_no_download():
+    params = rp.profile_parameters("gpu_fashion_mnist", "01_baselines")
+    assert params["dataset"] == "fashion_mnist" and params["download"] is False and params["data_root"] == ""
+    assert params["width"] == 128 and params["dc_iterations"] == 1000  # the rest is gpu's
+
+
 def test_committed_notebooks_keep_their_outputs_and_stay_small():
     for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"):
         nb = nbformat.read(path, as_version=4)

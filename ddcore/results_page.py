@@ -1,0 +1,176 @@
+"""The results page: our numbers from long runs beside the published ones, with a verdict each.
+
+Long runs (bench/published_table.py) append one JSON row per evaluated (method, ipc, seed,
+iteration) to a rows file; the committed copies live in `runs/`. This module reads them, keeps
+the last row of each cell, and writes the README's results section between two markers, so the
+page is generated from the files, never typed:
+
+    python -m ddcore.results_page            # rewrite README.md's section from runs/
+    python -m ddcore.results_page --check    # exit 1 when README.md is stale (CI's tests do this)
+
+Verdict of a cell with a published number (mean m, std s): "reproduced" when ours is at least
+m - (s + 1) points; otherwise "not yet run at the paper's iterations" when we ran fewer
+distillation iterations than the paper, else "not reproduced".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .published import published
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# Standard deviations of the published numbers (DSA paper, Table 1; FACTS.md lists the means).
+PUBLISHED_STD = {"fashion_mnist": {"dc": {1: 0.6, 10: 0.4, 50: 0.4}, "dsa": {1: 0.6, 10: 0.3, 50: 0.2}}}
+# Distillation iterations of the papers' runs, per method name used in the rows files.
+PAPER_ITERATIONS = {"dc": 1000, "dsa": 1000, "dm": 20000}
+CELL = ["dataset", "method", "ipc", "seed", "iteration", "students", "epochs"]
+
+
+def load_rows(paths: list[Path]) -> pd.DataFrame:
+    """Every row of the given JSONL files, the last one of each cell kept (reruns append)."""
+    records = []
+    for path in paths:
+        records += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not records:
+        return pd.DataFrame(columns=CELL + ["accuracies"])
+    df = pd.DataFrame(records)
+    return df.drop_duplicates(subset=CELL, keep="last").reset_index(drop=True)
+
+
+def verdict(ours: float, method: str, dataset: str, ipc: int, iterations: int) -> str:
+    """Reproduced / not reproduced / not yet run at the paper's iterations, or why none applies."""
+    mean = published(dataset).get(method, {}).get(ipc)
+    if mean is None:
+        return "no published number"
+    std = PUBLISHED_STD.get(dataset, {}).get(method, {}).get(ipc)
+    if std is None:
+        return "no published std"
+    if ours >= mean - (std + 1.0):
+        return "reproduced"
+    paper = PAPER_ITERATIONS.get(method)
+    if paper is not None and iterations < paper:
+        return f"not yet run at the paper's iterations ({iterations} of {paper})"
+    return "not reproduced"
+
+
+def _command(row) -> str:
+    base = f"python bench/published_table.py --dataset {row.dataset} --method {row.method} --ipc {row.ipc}"
+    return base if row.method == "random" else f"{base} --iterations {row.final_iteration}"
+
+
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per evaluated cell, in display order, with our mean +- sd, published and verdict."""
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.copy()
+    rows["final_iteration"] = rows.groupby(["dataset", "method", "ipc", "seed"]).iteration.transform("max")
+    lines = []
+    for row in rows.sort_values(["dataset", "ipc", "method", "iteration"]).itertuples():
+        accs = pd.Series(row.accuracies) * 100
+        mean = published(row.dataset).get(row.method, {}).get(row.ipc)
+        std = PUBLISHED_STD.get(row.dataset, {}).get(row.method, {}).get(row.ipc)
+        lines.append({
+            "data set": row.dataset, "method": row.method, "IPC": row.ipc,
+            "iterations": "-" if row.method == "random" else row.iteration,
+            "students x epochs": f"{row.students} x {row.epochs}",
+            "ours (%)": f"{accs.mean():.1f} +- {accs.std(ddof=1):.1f}",
+            "published (%)": "-" if mean is None else f"{mean}" + ("" if std is None else f" +- {std}"),
+            "verdict": verdict(accs.mean(), row.method, row.dataset, row.ipc, row.iteration),
+            "command": f"`{_command(row)}`"})
+    return pd.DataFrame(lines)
+
+
+def render(rows: pd.DataFrame) -> str:
+    """The README section's body (markdown)."""
+    body = table(rows)
+    if body.empty:
+        return "No long run has been recorded yet.\n"
+    header = "| " + " | ".join(body.columns) + " |\n|" + "---|" * len(body.columns) + "\n"
+    lines = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in body.itertuples(index=False))
+    return header + lines
+
+
+def load_losses(path: Path) -> pd.DataFrame:
+    """A run's loss curve (iteration, loss, seconds), the last entry of each iteration kept."""
+    df = pd.DataFrame([json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()])
+    return df.drop_duplicates("iteration", keep="last").sort_values("iteration")
+
+
+def plot_runs(rows: pd.DataFrame, dataset: str, losses: dict[str, pd.DataFrame]):
+    """Accuracy against distillation iterations per IPC (published marks, our random subset as a
+    line), and the distillation loss curves (smoothed) to show whether they flattened."""
+    import matplotlib.pyplot as plt
+    rows = rows[rows.dataset == dataset]
+    ipcs = sorted(rows.ipc.unique())
+    fig, axes = plt.subplots(1, len(ipcs) + 1, figsize=(4.2 * (len(ipcs) + 1), 3.6))
+    for ax, ipc in zip(axes, ipcs):
+        _accuracy_panel(ax, rows[rows.ipc == ipc], dataset, ipc)
+    ax = axes[-1]
+    for name, curve in losses.items():
+        smooth = curve.loss.rolling(25, min_periods=1).mean()
+        ax.plot(curve.iteration, smooth / smooth.iloc[0], label=name.replace(f"{dataset}_", ""))
+    ax.set(xlabel="distillation iteration", ylabel="loss / first loss (25-it. mean)", yscale="log",
+           title="distillation loss")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{dataset}: ConvNet-3 width 128, final-epoch accuracy of fresh students", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax, rows: pd.DataFrame, dataset: str, ipc: int) -> None:
+    for method, group in rows[rows.method != "random"].groupby("method"):
+        group = group.sort_values("iteration")
+        means = [100 * pd.Series(a).mean() for a in group.accuracies]
+        sds = [100 * pd.Series(a).std(ddof=1) for a in group.accuracies]
+        ax.errorbar(group.iteration, means, yerr=sds, marker="o", capsize=3, label=f"{method} (ours)")
+    for accs in rows[rows.method == "random"].accuracies:
+        ax.axhline(100 * pd.Series(accs).mean(), color="grey", ls="--", label="random real (ours)")
+    for method, points in published(dataset).items():
+        if ipc in points:
+            ax.axhline(points[ipc], ls=":", color="C3" if method == "dsa" else "C4",
+                       label=f"{method} (published)")
+    ax.set(xlabel="distillation iterations", ylabel="test accuracy (%)", title=f"IPC {ipc}")
+    ax.legend(fontsize=7)
+
+
+def replace_section(text: str, section: str) -> str:
+    """text with the part between BEGIN and END replaced by section; both markers must exist."""
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"README.md needs the markers {BEGIN} and {END}, in that order")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{section}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ddcore.results_page", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's section is stale")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    rows = load_rows(sorted(RUNS.glob("*.rows.jsonl")))
+    new = replace_section(text, render(rows))
+    if args.check:
+        if new != text:
+            print("README.md's results section is stale: run python -m ddcore.results_page", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new)
+    for dataset in sorted(rows.dataset.unique()) if not rows.empty else []:
+        fig = plot_runs(rows, dataset, {p.name.removesuffix(".loss.jsonl"): load_losses(p)
+                                        for p in sorted(RUNS.glob(f"{dataset}_*.loss.jsonl"))})
+        fig.savefig(ROOT / "figures" / f"published_{dataset}_w128_runs.png", dpi=110, bbox_inches="tight")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

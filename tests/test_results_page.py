@@ -1,0 +1,75 @@
+"""The results page: rows files -> a table with verdicts -> the README's section."""
+import json
+
+import pytest
+
+from ddcore import results_page as rp
+
+
+def _row(method="dsa", ipc=1, iteration=200, accuracies=(0.70, 0.71, 0.69), **extra):
+    return {"dataset": "fashion_mnist", "method": method, "ipc": ipc, "seed": 0, "iteration": iteration,
+            "students": 3, "epochs": 1000, "accuracies": list(accuracies), **extra}
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_last_row_of_a_cell_wins(tmp_path):
+    path = _write(tmp_path / "a.rows.jsonl", [_row(accuracies=(0.1, 0.1, 0.1)), _row(), _row(iteration=50)])
+    rows = rp.load_rows([path])
+    assert len(rows) == 2
+    assert rows[rows.iteration == 200].accuracies.item() == [0.70, 0.71, 0.69]
+
+
+@pytest.mark.parametrize("ours, iterations, expected", [
+    (70.6, 1000, "reproduced"),
+    (69.1, 1000, "reproduced"),          # 70.6 - (0.6 + 1) = 69.0
+    (68.9, 1000, "not reproduced"),
+    (68.9, 200, "not yet run at the paper's iterations (200 of 1000)"),
+    (71.0, 200, "reproduced"),            # a cell that already reaches it needs no more iterations
+])
+def test_verdict_rule(ours, iterations, expected):
+    assert rp.verdict(ours, "dsa", "fashion_mnist", 1, iterations) == expected
+
+
+def test_verdict_without_a_published_number():
+    assert rp.verdict(80.0, "dm", "fashion_mnist", 1, 500) == "no published number"
+    assert rp.verdict(80.0, "dsa", "mnist5k", 1, 500) == "no published number"
+
+
+def test_table_and_render(tmp_path):
+    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [_row(), _row(method="random", iteration=0),
+                                                           _row(iteration=50, accuracies=(0.5, 0.5, 0.6))])])
+    table = rp.table(rows)
+    assert list(table.method) == ["dsa", "dsa", "random"]
+    last = table.iloc[1]
+    assert last["ours (%)"] == "70.0 +- 1.0" and last["published (%)"] == "70.6 +- 0.6"
+    assert last["verdict"] == "reproduced" and "--iterations 200" in last["command"]
+    assert table.iloc[0]["verdict"].startswith("not yet run")
+    assert "--iterations 200" in table.iloc[0]["command"]  # the snapshot came from the 200-iteration run
+    text = rp.render(rows)
+    assert text.count("\n") == 2 + 3 and "| fashion_mnist | random | 1 | - |" in text
+
+
+def test_replace_section_needs_both_markers():
+    with pytest.raises(ValueError, match="markers"):
+        rp.replace_section("no markers here", "x")
+    text = f"a\n{rp.BEGIN}\nold\n{rp.END}\nb"
+    assert rp.replace_section(text, "new\n") == f"a\n{rp.BEGIN}\nnew\n{rp.END}\nb"
+
+
+def test_readme_section_is_current():
+    """The committed README's results section is what runs/ generates (a stale page fails here)."""
+    assert rp.main(["--check"]) == 0
+
+
+def test_plot_runs(tmp_path):
+    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [_row(), _row(iteration=50),
+                                                           _row(method="random", iteration=0)])])
+    losses = {"fashion_mnist_dsa_ipc1": rp.load_losses(_write(tmp_path / "l.loss.jsonl", [
+        {"iteration": i, "loss": 10.0 / (i + 1), "seconds": 1.0} for i in range(30)]))}
+    fig = rp.plot_runs(rows, "fashion_mnist", losses)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "dsa (ours)" in labels and "random real (ours)" in labels and "dsa (published)" in labels

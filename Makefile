@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddcore-installed
 PROFILE ?= cpu
 
-.PHONY: install reproduce test test-lib test-notebooks lab bench clean
+.PHONY: install reproduce notebooks test test-lib test-notebooks lab bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(STAMP)
 
 reproduce: $(STAMP)  ## run every notebook with the $(PROFILE) profile into results/$(PROFILE)/
 	$(PY) -m ddcore.reproduce --profile $(PROFILE)
+
+notebooks: $(STAMP)  ## re-execute the committed notebooks (their defaults) in place; figures into figures/
+	$(PY) -m ddcore.reproduce --in-place
 
 test: test-lib test-notebooks  ## the library's tests, then nbval on every notebook
 

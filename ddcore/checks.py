@@ -89,3 +89,28 @@ def check_writable_dir(name: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{name}={str(path)!r} cannot be created: {err.strerror}") from None
     if not os.access(path, os.W_OK):
         raise ValueError(f"{name}={str(path)!r} is not writable")
+
+
+# What a notebook parameter annotated with each type may hold (papermill -p gives an int for "1",
+# which a float parameter accepts; bool is an int subclass, which no number parameter accepts).
+_PARAMETER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list, tuple),
+                    dict: (dict,)}
+
+
+def check_parameters(namespace: dict) -> None:
+    """Raise TypeError naming every notebook parameter whose value does not fit its annotation.
+
+    Call it as `check_parameters(globals())` in the first cell after the parameters cell: the
+    annotated assignments there (`ipc: int = 10  # ...`) fill `__annotations__`, and papermill's
+    injected cell overrides the values without annotations, so a `-p ipc ten` fails here, by name.
+    """
+    wrong = []
+    for name, kind in namespace.get("__annotations__", {}).items():
+        allowed = _PARAMETER_TYPES.get(kind)
+        value = namespace.get(name)
+        if allowed is None or name not in namespace:
+            continue
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, allowed):
+            wrong.append(f"{name}={value!r} ({type(value).__name__}, expected {kind.__name__})")
+    if wrong:
+        raise TypeError("notebook parameter(s) of the wrong type: " + "; ".join(wrong))

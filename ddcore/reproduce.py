@@ -1,15 +1,21 @@
 """Run the notebooks with papermill under a profile and collect their results.
 
     python -m ddcore.reproduce [--profile cpu|gpu] [--only NAME ...] [--keep-going]
+    python -m ddcore.reproduce --in-place [--only NAME ...]    # what `make notebooks` runs
 
 Each notebook is executed into results/<profile>/<name>.ipynb with the profile's parameters;
 its results file lands beside it, and every results file is gathered into
 results/<profile>/summary.csv. A failing notebook stops the run with an error naming the
 notebook and the cell, unless --keep-going is given.
+
+`--in-place` executes the committed notebooks with their own defaults (no profile) back into
+notebooks/, their figures into the tracked figures/: the outputs readers and nbval see then come
+from the committed code. Every other run writes figures under results/ and leaves figures/ alone.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -65,22 +71,59 @@ def profile_parameters(profile: str, notebook: str, _seen: tuple[str, ...] = ())
     return {**base, **(spec.get("all") or {}), **(spec.get(notebook) or {})}
 
 
-def run_notebook(name: str, profile: str, out_dir: Path, progress: bool = True) -> Outcome:
-    """Execute one notebook with papermill; raise NotebookFailed naming the failing cell."""
+def ipc_kernel_manager():
+    """A kernel manager class whose kernels talk over local IPC sockets instead of TCP.
+
+    Over TCP without CurveZMQ keys, every kernel start logs "Kernel is running over TCP without
+    encryption" into the run's output; local IPC sockets are not reachable from the network, so
+    the warning does not apply and is not printed. Imported here: jupyter_client is slow to import.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+    return IPCKernelManager
+
+
+def run_notebook(name: str, profile: str | None, out_dir: Path, progress: bool = True) -> Outcome:
+    """Execute one notebook with papermill; raise NotebookFailed naming the failing cell.
+
+    profile=None: in place, with the notebook's defaults (figures into results/figures), then
+    the figures it made are copied into the tracked figures/.
+    """
     import papermill as pm
 
     check_choice("notebook", name, available_notebooks())
-    params = {**profile_parameters(profile, name), "output_dir": str(out_dir),
-              "figures_dir": str(out_dir / "figures")}
     output = out_dir / f"{name}.ipynb"
-    start = time.perf_counter()
+    if profile is None:  # no parameters: papermill injects no cell, the committed code runs as it is
+        params = {}
+    else:
+        params = {**profile_parameters(profile, name), "output_dir": str(out_dir),
+                  "figures_dir": str(out_dir / "figures")}
+    start, started = time.perf_counter(), time.time()
     try:
         pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=params,
-                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3")
+                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3",
+                            kernel_manager_class=ipc_kernel_manager())
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(f"notebook {name} failed in cell In [{err.exec_count}] ({err.ename}: {err.evalue}); "
                              f"its partial output is {output}") from None
+    if profile is None:  # only a run that finished replaces the committed notebook
+        shutil.copy2(output, NOTEBOOKS / f"{name}.ipynb")
+        publish_figures(ROOT / "results" / "figures", ROOT / "figures", since=started)
     return Outcome(name, True, time.perf_counter() - start, output)
+
+
+def publish_figures(source: Path, target: Path, since: float) -> list[Path]:
+    """Copy the figures (PNG and their JSON sidecars) written in `source` after `since` to `target`."""
+    copied = []
+    for path in sorted(source.glob("*")) if source.is_dir() else []:
+        if path.suffix in (".png", ".json") and path.stat().st_mtime >= since:
+            copied.append(Path(shutil.copy2(path, target / path.name)))
+    return copied
 
 
 def summarize_results(out_dir: Path, outcomes: list[Outcome]) -> pd.DataFrame:
@@ -98,17 +141,19 @@ def summarize_results(out_dir: Path, outcomes: list[Outcome]) -> pd.DataFrame:
     return summary
 
 
-def reproduce(profile: str = "cpu", only: list[str] | None = None, keep_going: bool = False,
+def reproduce(profile: str | None = "cpu", only: list[str] | None = None, keep_going: bool = False,
               results_root: Path | str = ROOT / "results", progress: bool = True) -> list[Outcome]:
-    check_choice("profile", profile, available_profiles())
+    """Run the notebooks under a profile (None: in place, see the module's docstring)."""
+    if profile is not None:
+        check_choice("profile", profile, available_profiles())
     names = only or available_notebooks()
     for name in names:
         check_choice("notebook", name, available_notebooks())
-    out_dir = Path(results_root).resolve() / profile
+    out_dir = Path(results_root).resolve() / (profile or "in_place")
     check_writable_dir("results_root", out_dir)
     outcomes = []
     for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} (profile {profile})", flush=True)
+        print(f"[{i}/{len(names)}] {name} ({f'profile {profile}' if profile else 'in place'})", flush=True)
         try:
             outcomes.append(run_notebook(name, profile, out_dir, progress))
         except NotebookFailed as err:
@@ -131,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"some of {available_notebooks()}")
     parser.add_argument("--keep-going", action="store_true", help="run the other notebooks when one fails")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results root folder")
+    parser.add_argument("--in-place", action="store_true",
+                        help="execute the committed notebooks with their defaults into notebooks/ and figures/")
     args = parser.parse_args(argv)
     try:
-        reproduce(args.profile, args.only, args.keep_going, args.results)
+        reproduce(None if args.in_place else args.profile, args.only, args.keep_going, args.results)
     except (NotebookFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """The papermill runner: profiles, failures named by notebook and cell, --keep-going, summary."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import papermill as pm
 import pytest
 
 import ddcore.reproduce as rp
+from ddcore.checks import check_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +41,9 @@ def fake_project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_profile_parameters_and_summary(fake_project):
+def test_profile_parameters_and_summary(fake_project, capfd):
     rp.reproduce("cpu", only=["10_ok"], results_root=fake_project / "results", progress=False)
+    assert "without encryption" not in capfd.readouterr().err  # the kernel runs over IPC, not TCP
     summary = pd.read_csv(fake_project / "results" / "cpu" / "summary.csv")
     assert summary.metric.tolist() == [42] and summary.notebook.tolist() == ["10_ok"]
 
@@ -83,6 +86,30 @@ def test_profiles_only_name_existing_notebooks_and_parameters():
             known = pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
             unknown = set(params) - set(known)
             assert not unknown, f"profile {profile} sets {unknown}, which {name} does not have"
+            # every value fits the parameter's annotation, as check_parameters will demand
+            types = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
+            check_parameters({"__annotations__": {k: types[known[k]["inferred_type_name"]] for k in params},
+                              **params})
+
+
+def test_in_place_refreshes_the_committed_notebook_and_publishes_its_figures(fake_project, monkeypatch):
+    monkeypatch.setattr(rp, "ROOT", fake_project)
+    (fake_project / "figures").mkdir()
+    _notebook(fake_project / "nb" / "12_fig.ipynb",
+              "import os\nos.makedirs('../results/figures', exist_ok=True)\n"
+              "open('../results/figures/a.png', 'w').write('png')\nprint('ran', value)")
+    (fake_project / "results" / "figures").mkdir(parents=True)
+    (fake_project / "results" / "figures" / "old.png").write_text("older run")
+    os.utime(fake_project / "results" / "figures" / "old.png", (0, 0))
+    rp.reproduce(None, only=["12_fig"], results_root=fake_project / "results", progress=False)
+    nb = nbformat.read(fake_project / "nb" / "12_fig.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "ran 1" in code[-1].outputs[0]["text"]  # the notebook's own default, no injected cell
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert sorted(p.name for p in (fake_project / "figures").iterdir()) == ["a.png"]  # not the stale one
+    with pytest.raises(rp.NotebookFailed):
+        rp.reproduce(None, only=["11_fails"], results_root=fake_project / "results", progress=False)
+    assert not any(c.get("outputs") for c in nbformat.read(fake_project / "nb" / "11_fails.ipynb", as_version=4).cells)
 
 
 def test_profile_extends_another(fake_project):
@@ -130,6 +157,7 @@ def test_reproduce_quickstart_end_to_end(tmp_path):
 BAD_PARAMETERS = [  # (parameter, bad value, words the error must contain)
     ("dataset", "no_such_data", ["no_such_data", "mnist5k"]),
     ("device", "tpu", ["tpu", "cpu"]),
+    ("seed", "zero", ["seed='zero'", "expected int"]),
 ]
 
 

@@ -20,6 +20,7 @@ from .evaluate import EvalConfig, evaluate_synthetic
 from .federated import AGGREGATED, launch_torchrun, subtask_ids
 from .storage import storage
 from .synthetic import SyntheticSet
+from .verdicts import compare
 
 STORAGE_PARTS = ("images", "priors", "decoder", "labels")
 
@@ -213,9 +214,9 @@ def _storage_line(main: pd.DataFrame) -> str:
 def _accuracy_line(acc: pd.DataFrame) -> str:
     acc = acc.sort_values("subtasks")
     first, last = acc.iloc[0], acc.iloc[-1]
-    diff = last.accuracy_mean - first.accuracy_mean
-    noise = math.hypot(first.accuracy_std, last.accuracy_std)
-    verdict = "larger than" if abs(diff) > noise else "within"
+    c = compare(first.accuracy_mean, first.accuracy_std, last.accuracy_mean, last.accuracy_std)
+    diff, noise = c.diff, c.noise
+    verdict = "within" if c.word == "within noise" else "larger than"  # ddcore.verdicts' rule
     each = ", ".join(f"S={s}: {a}" for s, a in zip(acc.subtasks, acc["accuracy (%)"]))
     return (f"Accuracy of the aggregated set: {each}; S={last.subtasks} minus S={first.subtasks}: {diff:+.1f} "
             f"points, {verdict} the students' spread ({noise:.1f}).")

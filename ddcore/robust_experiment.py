@@ -33,6 +33,8 @@ from .robust import RobustConfig
 from .subpop import make_rare_subgroups
 from .synthetic import SyntheticSet
 from .train import predict
+from .verdicts import noise as shared_noise
+from .verdicts import verdict_word
 
 __all__ = ["Benchmark", "make_benchmarks", "robust_variants", "evaluate_cell", "run_robust_grid",
            "robust_sweep", "summary_table", "robust_gains", "gains_table", "claim_verdicts", "conclusion_text",
@@ -246,7 +248,7 @@ def robust_gains(results: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> p
             if pd.isna(p[f"{m}_mean"]) or pd.isna(p[f"{m}_mean_robust"]):
                 continue
             diff = p[f"{m}_mean_robust"] - p[f"{m}_mean"]
-            noise = float(np.hypot(p[f"{m}_std"], p[f"{m}_std_robust"]))
+            noise = shared_noise(p[f"{m}_std"], p[f"{m}_std_robust"])  # ddcore.verdicts' rule
             rows.append({"benchmark": p.benchmark, "method": p.method, "ipc": p.ipc, "metric": m,
                          "plain": p[f"{m}_mean"], "robust": p[f"{m}_mean_robust"], "diff": diff,
                          "noise": noise, "beyond_noise": bool(abs(diff) > noise)})
@@ -284,19 +286,13 @@ def _rises(d: pd.DataFrame, metric: str) -> bool | None:
     return bool(d.loc[metric, "diff"] > d.loc[metric, "noise"]) if metric in d.index else None
 
 
-def _verdict_word(diff: float, noise: float) -> str:
-    if abs(diff) <= noise:
-        return "within noise"
-    return "better" if diff > 0 else "worse"
-
-
 def conclusion_text(gains: pd.DataFrame, verdicts: pd.DataFrame,
                     metrics: tuple[str, ...] = ("accuracy", "cluster_min_accuracy", "rare_group_accuracy")) -> str:
     """The measured differences, each with its noise and a word, and how many comparisons show the claim."""
     lines = []
     for _, v in verdicts.iterrows():
         g = gains[(gains.benchmark == v.benchmark) & (gains.method == v.method) & (gains.ipc == v.ipc)]
-        parts = [f"{METRIC_NAMES[m]} {r.diff:+.1f} (noise {r.noise:.1f}, {_verdict_word(r.diff, r.noise)})"
+        parts = [f"{METRIC_NAMES[m]} {r.diff:+.1f} (noise {r.noise:.1f}, {verdict_word(r.diff, r.noise)})"
                  for m in metrics for r in g[g.metric == m].itertuples()]
         lines.append(f"{v.benchmark:>5} {v.method}+robust vs {v.method}, ipc {v.ipc}: " + "; ".join(parts)
                      + f" -> claim {'holds' if v.claim_holds else 'not shown'}")

@@ -1,20 +1,61 @@
-"""Figures of notebook 02 (robust distillation): accuracy per test cluster and per subgroup, the
-alpha / k sweep, one class's synthetic images per method, and a PCA view of one class.
+"""Figures of notebook 02 (robust distillation): the 2-D toy (ddcore.toy), accuracy per test cluster
+and per subgroup, the alpha / k sweep, one class's synthetic images per method, and a PCA view of one class.
 
-Each function takes the tidy frames of `ddcore.robust_experiment` and returns a matplotlib Figure.
+Each function takes the tidy frames of `ddcore.robust_experiment` (toy_plot: ddcore.toy's runs) and returns a
+matplotlib Figure.
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.lines import Line2D
 
 from .data import Dataset
 from .robust_experiment import METRIC_NAMES
 from .synthetic import SyntheticSet
+from .toy import ToyData, ToyRun, distance_to_rare
 
-__all__ = ["cluster_accuracy_plot", "subgroup_accuracy_plot", "sweep_plot", "class_images_plot", "pca_plot"]
+__all__ = ["toy_plot", "cluster_accuracy_plot", "subgroup_accuracy_plot", "sweep_plot", "class_images_plot", "pca_plot"]
+
+
+def toy_plot(data: ToyData, runs: dict[str, ToyRun], title: str):
+    """The 2-D toy, one panel per objective: real points coloured by class (rare ones as triangles),
+    each rare mode ringed, and each synthetic point's path from its start (hollow circle) to its end
+    (star). The panel title gives, per class, the distance of its nearest point to the rare mode."""
+    fig, axes = plt.subplots(1, len(runs), squeeze=False, figsize=(3.6 * len(runs), 3.9), sharex=True,
+                             sharey=True)
+    for ax, (name, run) in zip(axes[0], runs.items()):
+        for c in range(len(data.rare_modes)):
+            colour = f"C{c}"
+            for rare, marker, size, alpha in ((False, "o", 5, 0.25), (True, "^", 12, 0.6)):
+                pts = data.X[(data.y == c) & (data.rare == rare)]
+                ax.scatter(pts[:, 0], pts[:, 1], s=size, marker=marker, color=colour, alpha=alpha, linewidths=0)
+            ax.scatter(*data.rare_modes[c].tolist(), s=500, facecolors="none", edgecolors=colour, linewidths=1.5,
+                       linestyle="--")
+            for j in torch.nonzero(run.labels == c).flatten().tolist():
+                path = run.path[:, j]
+                ax.plot(path[:, 0], path[:, 1], color="black", lw=0.6, alpha=0.45)
+                ax.scatter(*path[0].tolist(), s=30, facecolors="none", edgecolors="black", zorder=4)
+                ax.scatter(*path[-1].tolist(), s=140, marker="*", color=colour, edgecolors="black", zorder=5)
+        nearest = distance_to_rare(run, data).min(1).values
+        ax.set_title(f"{name}\nnearest to rare mode: " + ", ".join(f"{d:.2f}" for d in nearest.tolist()),
+                     fontsize=8)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="o", ls="", color="grey", alpha=0.5, label="real, common mode"),
+               Line2D([], [], marker="^", ls="", color="grey", alpha=0.5, label="real, rare mode"),
+               Line2D([], [], marker="o", ls="", markersize=14, markerfacecolor="none", markeredgecolor="grey",
+                      label="rare mode centre"),
+               Line2D([], [], marker="o", ls="-", color="black", markerfacecolor="none",
+                      label="synthetic: start, path"),
+               Line2D([], [], marker="*", ls="", markersize=11, color="grey", markeredgecolor="black",
+                      label="synthetic: end (class colour)")]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def _long(results: pd.DataFrame, columns: dict[str, str], var: str) -> pd.DataFrame:

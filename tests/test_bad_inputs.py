@@ -41,7 +41,8 @@ CASES = [
     ("robust_weight < 0", lambda d: RobustConfig(dm_objective="double_layer", robust_weight=-1.0), ValueError,
      r"robust_weight=-1.0 is outside \[0.0, inf\]"),
     ("double layer without Voronoi cells", lambda d: RobustConfig(dm_objective="double_layer", clustering="kmeans"),
-     ValueError, r"dm_objective='double_layer' uses each synthetic image's Voronoi cell; it needs clustering='synthetic'"),
+     ValueError, r"dm_objective='double_layer' uses each synthetic image's Voronoi cell; "
+                 r"it needs clustering='synthetic'"),
     ("k above the points", lambda d: kmeans(torch.randn(5, 2), 6, seed=0), ValueError, r"k=6 is too large"),
     ("NaN images", lambda d: evaluate_synthetic(SyntheticSet(torch.full((2, 1, 28, 28), float("nan")),
                                                              torch.tensor([0, 1])), d, EvalConfig(num_nets=1)),

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddcore.models import ModelConfig, build_model
-from ddcore.robust import (RobustConfig, Subpopulations, cluster_cvars, cvar, robust_risk, tail_size,
-                           train_network_robust)
+from ddcore.robust import (RobustConfig, Subpopulations, cluster_cvars, cvar, normalized_robust_risk, robust_risk,
+                           tail_size, train_network_robust)
 from ddcore.train import TrainConfig
 
 FAST = settings(max_examples=60, deadline=None)
@@ -287,3 +287,41 @@ def test_train_network_robust_lowers_the_robust_risk():
     history = train_network_robust(net, images, labels, ids, cfg, RobustConfig(), None, gen)
     assert len(history) == 6 and all(math.isfinite(h) for h in history)
     assert history[-1] < history[0]
+
+
+def test_robust_config_objective_fields():
+    cfg = RobustConfig()
+    assert (cfg.dc_risk, cfg.dm_objective, cfg.robust_weight) == ("target", "cluster_means", 0.1)
+    assert cfg.cluster_space == "embedding"
+    assert RobustConfig(clustering="kmeans", space="pixels").cluster_space == "pixels"
+    with pytest.raises(ValueError, match=r"dc_risk='loss'.*\['target', 'network', 'both'\]"):
+        RobustConfig(dc_risk="loss")
+    with pytest.raises(ValueError, match=r"dm_objective='mmd'.*\['cluster_means', 'double_layer'\]"):
+        RobustConfig(dm_objective="mmd")
+    with pytest.raises(ValueError, match="robust_weight"):
+        RobustConfig(robust_weight=-1.0)
+    with pytest.raises(ValueError, match=r"needs clustering='synthetic', got clustering='kmeans'"):
+        RobustConfig(dm_objective="double_layer", clustering="kmeans")
+
+
+def test_normalized_robust_risk_is_the_mean_with_one_cluster_and_alpha_one():
+    losses = torch.tensor([1.0, 2.0, 3.0, 10.0], dtype=torch.float64)
+    one = torch.zeros(4, dtype=torch.long)
+    for max_weight in (0.0, 1.0, 2.5):
+        torch.testing.assert_close(normalized_robust_risk(losses, one, 1.0, max_weight), losses.mean())
+    two = torch.tensor([0, 0, 0, 1])  # mean of (2, 10) plus the max 10, over 2
+    torch.testing.assert_close(normalized_robust_risk(losses, two, 1.0, 1.0), torch.tensor(8.0, dtype=torch.float64))
+
+
+def test_subpopulations_from_features_matches_the_call():
+    gen = torch.Generator().manual_seed(0)
+    net = tiny_net()
+    images_real, labels_real = torch.randn(12, 1, 28, 28, generator=gen), torch.arange(12) % 3
+    images_syn, labels_syn = torch.randn(6, 1, 28, 28, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
+    sub = Subpopulations(RobustConfig())
+    with torch.no_grad():
+        feats, feats_syn = net.embed(images_real), net.embed(images_syn)
+    assert torch.equal(sub.from_features(0, net, feats, labels_real, feats_syn, labels_syn),
+                       sub(0, net, images_real, labels_real, images_syn, labels_syn))
+    with pytest.raises(ValueError, match="features_syn"):
+        sub.from_features(0, net, feats, labels_real)

@@ -4,6 +4,14 @@ Outer loop: on the current network, make the gradient of the loss on each class'
 images point the way the gradient on a real batch of that class does (layer-wise cosine
 distance). Inner loop: train the network a little on the synthetic set, so matching happens
 along a training trajectory. A new random network starts every iteration.
+
+Robust variant (DCConfig.robust, Vahidian et al. 2025), where RobustConfig.dc_risk says:
+- 'target': each class's real target is the gradient of the group-robust risk of its real
+  batch's per-sample losses (robust_class_gradients), so the synthetic gradients are asked to
+  point where the worst subpopulations pull the network, not where the average image does;
+- 'network': the paper's step, one SGD step of the network on the risk before each matching
+  (robust_train_step); the target stays the mean loss's gradient;
+- 'both'.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from ..accel import AccelConfig, autocast
 from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
 from ..models import ModelConfig
-from ..robust import RobustConfig, Subpopulations, train_network_robust
+from ..robust import RobustConfig, Subpopulations, normalized_robust_risk, train_network_robust
 from ..train import TrainConfig, train_network
 from . import register_method
 from .common import INITS, Run, class_indices, fresh_net, init_synthetic, make_set, optimize, sample_real
@@ -45,7 +53,8 @@ class DCConfig:
     init: str = "real"
     dsa: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
-    robust: RobustConfig | None = None  # robust distillation (Vahidian et al. 2025): see robust_train_step
+    robust: RobustConfig | None = None  # robust distillation (Vahidian et al. 2025): robust.dc_risk says where
+                                        # the risk acts (robust_class_gradients, robust_train_step)
     batch_classes: bool = False       # every class's gradients in one batched pass (torch.func.vmap):
                                       # the same loss, fewer and larger kernels (for GPUs; on the 2-core
                                       # CPU at width 128 an outer step takes 7.2-7.8 s instead of 5.6);
@@ -90,54 +99,161 @@ def class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig 
     return list(torch.autograd.grad(loss, params, create_graph=create_graph))
 
 
-def batched_class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig | None = None):
+def robust_class_gradients(net, images, labels, cluster_ids_fn, robust: RobustConfig,
+                           accel: AccelConfig | None = None) -> list[torch.Tensor]:
+    """The robust DC target: the gradient, w.r.t. the network's parameters, of the normalised
+    group-robust risk of the per-sample cross-entropies of one class's real batch.
+
+    target = d/dtheta [mean_k CVaR_alpha(l_k) + max_weight * max_k CVaR_alpha(l_k)] / (1 + max_weight),
+    l_i = CE(net(x_i), y_i), l_k the losses of subpopulation k (robust.normalized_robust_risk).
+    With one subpopulation and alpha = 1 this is class_gradients' mean-loss gradient.
+
+    Parameters
+    ----------
+    cluster_ids_fn : callable
+        (N, D) detached float embeddings of `images` (from this same forward) -> (N,) int64 ids.
+    robust : RobustConfig
+        alpha and max_weight of the risk.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    with autocast(images.device, accel):
+        feats = net.embed(images)  # (N, D): the ids reuse them, so no extra forward
+        logits = net.classifier(feats)
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")  # (N,)
+    ids = cluster_ids_fn(feats.detach().float())
+    risk = normalized_robust_risk(losses, ids, robust.alpha, robust.max_weight)
+    return list(torch.autograd.grad(risk, params))
+
+
+def class_ids_fn(subpops: Subpopulations, it: int, net, raw: torch.Tensor, syn: torch.Tensor, c: int,
+                 accel: AccelConfig | None = None):
+    """For class c: embeddings of its augmented real batch -> subpopulation ids, as cfg.robust says.
+
+    Voronoi cells compare them with the synthetic images' embeddings under the same DSA draw
+    (`syn`, ipc images: a cheap forward); K-means in pixel space clusters the un-augmented
+    images `raw`, as the robust network step does; K-means in embedding space uses them as given.
+    """
+    labels = torch.full((len(raw),), c, dtype=torch.long, device=raw.device)
+    labels_syn = torch.full((len(syn),), c, dtype=torch.long, device=raw.device)
+
+    def ids(feats: torch.Tensor) -> torch.Tensor:
+        feats_syn = None
+        if subpops.cfg.clustering == "synthetic":
+            with torch.no_grad(), autocast(syn.device, accel):
+                feats_syn = net.embed(syn.detach()).float()
+        if subpops.cfg.cluster_space == "pixels":
+            feats = raw.flatten(1)
+        return subpops.from_features(it, net, feats, labels, feats_syn, labels_syn)
+    return ids
+
+
+def risk_weights(losses: torch.Tensor, cluster_ids: torch.Tensor, robust: RobustConfig) -> torch.Tensor:
+    """d risk / d l_i for the normalised robust risk: the target is then d/dtheta sum_i w_i l_i.
+
+    The risk is piecewise linear in the losses, so this weighted sum has the same gradient.
+    """
+    losses = losses.detach().requires_grad_(True)
+    with torch.enable_grad():
+        risk = normalized_robust_risk(losses, cluster_ids, robust.alpha, robust.max_weight)
+        return torch.autograd.grad(risk, losses)[0]
+
+
+def batched_class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig | None = None,
+                            weights: torch.Tensor | None = None):
     """class_gradients of every class in one pass: images (C, n, ...) and labels (C, n) give, per
-    parameter, a (C, *shape) tensor. Differentiable w.r.t. the images when create_graph is True."""
+    parameter, a (C, *shape) tensor. Differentiable w.r.t. the images when create_graph is True.
+    weights (C, n), if given, replace the mean by sum_i w_i l_i (see risk_weights)."""
     params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
 
-    def loss_fn(p, x, y):
+    def loss_fn(p, x, y, w):
         with autocast(x.device, accel):
             logits = functional_call(net, p, (x,))
-        return F.cross_entropy(logits.float(), y)
+        if w is None:
+            return F.cross_entropy(logits.float(), y)
+        return (F.cross_entropy(logits.float(), y, reduction="none") * w).sum()
 
-    grads = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, images, labels)
+    in_w = None if weights is None else 0
+    grads = vmap(grad(loss_fn), in_dims=(None, 0, 0, in_w))(params, images, labels, weights)
     return [g if create_graph else g.detach() for g in grads.values()]
 
 
-def match_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen) -> torch.Tensor:
-    """One outer step's matching loss, summed over classes."""
-    real, syn = [], []  # each class's batches under its own DSA draw
+def batched_risk_weights(net, real: torch.Tensor, targets: torch.Tensor, ids_fns, robust: RobustConfig,
+                         accel: AccelConfig | None = None) -> torch.Tensor:
+    """risk_weights of every class, (C, n), from one no-grad forward of all real batches (C, n, ...).
+
+    vmap cannot run the risk itself (its sort and bincount have data-dependent shapes), so the
+    batched path pays this extra forward; the loop path needs none.
+    """
+    with torch.no_grad(), autocast(real.device, accel):
+        feats = net.embed(real.flatten(0, 1))
+        logits = net.classifier(feats)
+    losses = F.cross_entropy(logits.float(), targets.flatten(), reduction="none").view(targets.shape)
+    feats = feats.float().view(*targets.shape, -1)
+    return torch.stack([risk_weights(losses[c], ids_fns[c](feats[c]), robust) for c in range(len(real))])
+
+
+def class_batches(run: Run, cfg: DCConfig, images_syn, labels_syn, per_class, dsa, gen):
+    """Per class: a real batch as drawn, the same under a DSA draw, and the synthetic images under it."""
+    raw, real, syn = [], [], []
     for c in range(run.num_classes):
         images_real, _ = sample_real(run, per_class, cfg.batch_real, gen, classes=[c])
         draw = sample_dsa(dsa, 1, run.dataset.im_size, gen) if dsa else None
+        raw.append(images_real)
         real.append(apply_dsa(images_real, draw))
         syn.append(apply_dsa(images_syn[labels_syn == c], draw))
-    loss = images_syn.new_zeros(())
+    return raw, real, syn
+
+
+def match_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen,
+               subpops: Subpopulations | None = None, it: int = 0) -> torch.Tensor:
+    """One outer step's matching loss, summed over classes.
+
+    With `subpops` the real target of each class is robust_class_gradients' (ids from `subpops`
+    at step `it`), else the gradient of the mean cross-entropy.
+    """
+    raw, real, syn = class_batches(run, cfg, images_syn, labels_syn, per_class, dsa, gen)
+    ids_fns = None if subpops is None else [class_ids_fn(subpops, it, net, raw[c], syn[c], c, run.accel)
+                                            for c in range(run.num_classes)]
     if cfg.batch_classes:
-        sizes = [len(x) for x in real]
-        if len(set(sizes)) > 1:
-            raise ValueError(f"batch_classes=True needs batch_real={cfg.batch_real} real images in every class; "
-                             f"the smallest has {min(sizes)}: lower batch_real or set batch_classes=False")
-        targets = torch.arange(run.num_classes, device=run.device)[:, None]
-        grads_real = batched_class_gradients(net, torch.stack(real), targets.expand(-1, sizes[0]), False, run.accel)
-        grads_syn = batched_class_gradients(net, torch.stack(syn), targets.expand(-1, run.ipc), True, run.accel)
-        for c in range(run.num_classes):
-            loss = loss + gradient_distance([g[c] for g in grads_syn], [g[c] for g in grads_real])
-        return loss
+        return _batched_match(run, cfg, net, real, syn, ids_fns)
+    loss = images_syn.new_zeros(())
     for c in range(run.num_classes):
         target_real = torch.full((len(real[c]),), c, device=run.device)
         target_syn = torch.full((len(syn[c]),), c, device=run.device)
-        grads_real = [g.detach() for g in class_gradients(net, real[c], target_real, False, run.accel)]
+        if ids_fns is None:
+            grads_real = class_gradients(net, real[c], target_real, False, run.accel)
+        else:
+            grads_real = robust_class_gradients(net, real[c], target_real, ids_fns[c], cfg.robust, run.accel)
+        grads_real = [g.detach() for g in grads_real]
         grads_syn = class_gradients(net, syn[c], target_syn, True, run.accel)
         loss = loss + gradient_distance(grads_syn, grads_real)
     return loss
 
 
+def _batched_match(run: Run, cfg: DCConfig, net, real, syn, ids_fns) -> torch.Tensor:
+    """match_step's loss with every class's gradients in one vmap pass (cfg.batch_classes)."""
+    sizes = [len(x) for x in real]
+    if len(set(sizes)) > 1:
+        raise ValueError(f"batch_classes=True needs batch_real={cfg.batch_real} real images in every class; "
+                         f"the smallest has {min(sizes)}: lower batch_real or set batch_classes=False")
+    real, syn = torch.stack(real), torch.stack(syn)
+    classes = torch.arange(run.num_classes, device=run.device)[:, None]
+    targets_real, targets_syn = classes.expand(-1, sizes[0]), classes.expand(-1, run.ipc)
+    weights = None if ids_fns is None else batched_risk_weights(net, real, targets_real, ids_fns, cfg.robust,
+                                                                 run.accel)
+    grads_real = batched_class_gradients(net, real, targets_real, False, run.accel, weights)
+    grads_syn = batched_class_gradients(net, syn, targets_syn, True, run.accel)
+    loss = syn.new_zeros(())
+    for c in range(run.num_classes):
+        loss = loss + gradient_distance([g[c] for g in grads_syn], [g[c] for g in grads_real])
+    return loss
+
+
 def robust_train_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen,
                       subpops: Subpopulations, it: int) -> None:
-    """The robust method's extra step before matching: draw a real subsample T' per class, split
-    it into subpopulations, and take one full-batch SGD step of the network on T' minimising the
-    robust risk (CVaR within subpopulations, mean plus weighted max across them)."""
+    """The paper's robust step before matching (dc_risk 'network' or 'both'): draw a real subsample
+    T' per class, split it into subpopulations, and take one full-batch SGD step of the network on
+    T' minimising the robust risk (CVaR within subpopulations, mean plus weighted max across them)."""
     images_real, labels_real = sample_real(run, per_class, cfg.batch_real, gen)
     labels_real = labels_real.to(run.device)
     ids = subpops(it, net, images_real, labels_real, images_syn.detach(), labels_syn)
@@ -161,13 +277,16 @@ def gradient_matching(run: Run, cfg: DCConfig):
 
     name = "dc+robust" if cfg.robust else "dc"
     subpops = Subpopulations(cfg.robust, run.seed) if cfg.robust else None
+    network_risk = cfg.robust is not None and cfg.robust.dc_risk in ("network", "both")
+    target_risk = cfg.robust is not None and cfg.robust.dc_risk in ("target", "both")
 
     def step(it: int) -> float:
         net, total = fresh_net(run, cfg.model, gen), 0.0
         for ol in range(outer):
-            if subpops is not None:
+            if network_risk:
                 robust_train_step(run, cfg, net, images_syn, labels_dev, per_class, dsa, gen, subpops, it)
-            loss = match_step(run, cfg, net, images_syn, labels_dev, per_class, dsa, gen)
+            loss = match_step(run, cfg, net, images_syn, labels_dev, per_class, dsa, gen,
+                              subpops if target_risk else None, it)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .checks import check_choice, check_float
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DIGIT_DATASETS = ("digits", "mnist5k", "mnist", "svhn")  # flipping changes a digit's meaning
+DIGIT_DATASETS = ("digits", "mnist5k", "mnist", "svhn", "mnist5k_pairs")  # flipping changes a digit's meaning
 
 
 @dataclass

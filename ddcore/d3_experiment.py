@@ -2,7 +2,8 @@
 
 The budget is in IPC-equivalents (ddcore.storage). Image methods at budget B keep B images per
 class; D3 at budget B keeps B priors per class, their soft labels and the widest decoder that
-still fits (`decoder_for_budget`), so no method gets more storage than another.
+still fits (`decoder_for_budget`), so no method gets more storage than another. With
+`hard_labels=True` the same D3 set is also evaluated with its priors' classes as labels ('d3+hard').
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .data import Dataset
 from .decoder import Decoder, DecoderConfig, num_parameters
 from .evaluate import EvalConfig
 from .experiment import distill_cached, evaluate_cached
-from .labels import LabellerConfig, train_labeller, with_soft_labels
+from .labels import LabellerConfig, train_labeller, with_hard_labels, with_soft_labels
 from .storage import storage
 
 
@@ -48,20 +49,22 @@ def decoder_for_budget(budget: int, dataset: Dataset, lpc: int, latent_dim: int,
 
 def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict], d3_options: dict,
                  eval_cfg: EvalConfig, labeller: LabellerConfig, seed: int = 0, device=None,
-                 cache_dir=None, progress: bool = False) -> tuple[pd.DataFrame, dict]:
+                 cache_dir=None, progress: bool = False, hard_labels: bool = False) -> tuple[pd.DataFrame, dict]:
     """Distil and evaluate every method at every budget; one row per trained student.
 
     methods: image methods and their options (e.g. {'random': {}, 'dm': {...}, 'mtt': {...}});
     'random' is also evaluated with the labeller's soft labels ('random+soft').
     d3_options: D3's options except `decoder`, which each budget sets (latent_dim from
-    d3_options['latent_dim']). A budget too small for any decoder gets no D3 row (said in
-    the 'note' column of the random rows).
+    d3_options['latent_dim'], default DecoderConfig's). A budget too small for any decoder gets no
+    D3 row (said in the 'note' column of the random rows). hard_labels: also evaluate each D3 set
+    with its priors' classes ('d3+hard', labels.with_hard_labels: no second distillation). D3 rows
+    carry `label_mismatch`, the share of priors whose soft label's argmax is not their class.
     """
     if cache_dir is not None:
         check_writable_dir("cache_dir", cache_dir)
         cache_dir = Path(cache_dir)
     d3_options = dict(d3_options)
-    latent_dim = d3_options.pop("latent_dim", 16)
+    latent_dim = d3_options.pop("latent_dim", DecoderConfig().latent_dim)
     root = str(cache_dir) if cache_dir is not None else None
     label_net = train_labeller(dataset, labeller, seed=seed, device=device, root=root)
     frames, sets = [], {}
@@ -76,11 +79,14 @@ def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict],
             if root is not None and "experts_dir" not in opts:
                 opts["experts_dir"] = root
             cells["d3"] = distill_cached("d3", dataset, budget, seed, opts, device, cache_dir, progress)
+            if hard_labels:
+                cells["d3+hard"] = with_hard_labels(cells["d3"])
         for name, syn in cells.items():
             rows = evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress)
             s = storage(syn)
             rows = rows.assign(method=name, budget=budget, ipc_equivalent=s["ipc_equivalent"], bytes=s["bytes"],
-                               decoder_width=decoder.width if name == "d3" else None,
+                               decoder_width=decoder.width if name.startswith("d3") else None,
+                               label_mismatch=syn.meta.get("label_mismatch"),
                                note="" if decoder is not None else "no decoder fits this budget")
             frames.append(rows)
             sets[(name, budget)] = syn
@@ -96,7 +102,7 @@ def d3_sweep(dataset: Dataset, budget: int, values: dict[str, list[int]], d3_opt
     latent_dim); the storage of each variant is reported, so variants that go over the budget show it.
     """
     d3_options = dict(d3_options)
-    latent_dim = d3_options.pop("latent_dim", 16)
+    latent_dim = d3_options.pop("latent_dim", DecoderConfig().latent_dim)
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     base = decoder_for_budget(budget, dataset, budget, latent_dim)
     if base is None:
@@ -120,16 +126,20 @@ def d3_sweep(dataset: Dataset, budget: int, values: dict[str, list[int]], d3_opt
 
 
 def decoded_grid_images(syn, dataset: Dataset, samples: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a D3 set: each class's first prior's mean image followed by `samples` draws from it."""
-    from .decoder import decode, sample_latents
+    """For a D3 set: each class's first prior's mean image followed by `samples` draws from it.
+
+    Every prior is decoded (means and draws in one batch, as in distillation and evaluation: the
+    decoder's batch norm uses the batch's statistics); the first prior of each class is shown.
+    """
+    from .decoder import decode_with_means
     from .distill.d3 import load_decoder
     decoder = load_decoder(syn, dataset.channels, dataset.im_size)
     lpc = syn.meta["lpc"]
-    first = torch.arange(dataset.num_classes) * lpc
-    mu, logvar = syn.extras["mu"][first], syn.extras["logvar"][first]
     with torch.no_grad():
-        draws = decode(decoder, sample_latents(mu, logvar, samples, torch.Generator().manual_seed(seed)),
-                       dataset.normalize)
-    images = torch.cat([syn.images[first][:, None], draws.view(dataset.num_classes, samples, *draws.shape[1:])], 1)
+        means, draws = decode_with_means(decoder, syn.extras["mu"], syn.extras["logvar"], samples,
+                                         dataset.normalize, torch.Generator().manual_seed(seed))
+    first = torch.arange(dataset.num_classes) * lpc
+    draws = draws.view(len(means), samples, *means.shape[1:])[first]
+    images = torch.cat([means[first][:, None], draws], 1)
     labels = torch.arange(dataset.num_classes).repeat_interleave(samples + 1)
     return images.flatten(0, 1), labels

@@ -430,3 +430,46 @@ def _load_svhn(root: Path | None, download: bool) -> Dataset:
     (x_train, y_train), (x_test, y_test) = (_read_svhn(p) for p in paths)
     return _build("svhn", _unit_tensor(x_train), y_train, _unit_tensor(x_test), y_test,
                   DIGIT_NAMES, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+
+
+# --- A many-class offline task: pairs of mnist5k digits ---
+PAIRS_PER_CLASS = {"train": 100, "test": 20}  # images per class "00".."99" in each split
+PAIRS_SEED = 0  # fixed: every load gives the same pairs
+
+
+def _digit_pairs(images: torch.Tensor, labels: torch.Tensor, per_class: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class images of each class 10 * t + u: a random digit t on the left, a random u on the
+    right (drawn with replacement from `images`), as (100 * per_class, C, 28, 56) and class ids."""
+    by_digit = [torch.nonzero(labels == d).flatten() for d in range(10)]
+    classes = torch.arange(100).repeat_interleave(per_class)
+    halves = []
+    for digits in (classes // 10, classes % 10):  # left (tens), then right (units)
+        picks = torch.empty(len(classes), dtype=torch.long)
+        for d in range(10):
+            where = torch.nonzero(digits == d).flatten()
+            picks[where] = by_digit[d][torch.randint(len(by_digit[d]), (len(where),), generator=gen)]
+        halves.append(images[picks])
+    return torch.cat(halves, dim=-1), classes
+
+
+@register_dataset("mnist5k_pairs")
+def _load_mnist5k_pairs(root: Path | None, download: bool) -> Dataset:
+    """100 classes "00".."99" from offline data: each image two mnist5k digits side by side.
+
+    The left digit is the tens, the right the units. Training images pair digits of mnist5k's
+    train split, test images digits of its test split (never mixed), PAIRS_PER_CLASS images per
+    class (100 train, 20 test), drawn with replacement with the fixed seed PAIRS_SEED. Images stay
+    28x56 (1 channel), normalised with MNIST's mean/std like mnist5k (the halves are mnist5k's
+    images exactly): ConvNet and the D3 decoder take non-square input, whereas padding to 56x56
+    would double the values an image costs (and with it every IPC-equivalent budget) with zeros,
+    and squeezing to 28x28 would halve each digit's width. A task where many classes share one
+    D3 decoder, which is where its storage argument lies. root and download are not used.
+    Note that DSA's flip would turn "12" into a mirrored "21" and its rotation acts on a 2:1 image.
+    """
+    base = _load_mnist5k(None, False)
+    gen = torch.Generator().manual_seed(PAIRS_SEED)
+    x_train, y_train = _digit_pairs(base.images_train, base.labels_train, PAIRS_PER_CLASS["train"], gen)
+    x_test, y_test = _digit_pairs(base.images_test, base.labels_test, PAIRS_PER_CLASS["test"], gen)
+    return Dataset("mnist5k_pairs", x_train, y_train, x_test, y_test, [f"{c:02d}" for c in range(100)],
+                   base.mean, base.std)

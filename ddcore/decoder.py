@@ -7,8 +7,12 @@ up-samplings with batch norm and leaky ReLU -> 3x3 conv -> tanh), trained from s
 
 Its tanh output is read as [0, 1] pixels ((t + 1) / 2) and normalised like the data set, so a
 decoded image goes wherever a real one goes. Batch norm always uses the statistics of the batch
-being decoded (no running averages: nothing to keep beyond the weights); the mean images are
-decoded in one batch, the samples in another, as during distillation.
+being decoded (no running averages: nothing to keep beyond the weights, and the authors' decoder
+runs in train mode). So every decode goes through `decode_with_means`: the mean images and the
+samples in ONE batch, in distillation, in evaluation and for the labeller alike. Decoded alone,
+the means would be normalised with other statistics, hence be other images than the ones the
+decoder was trained to produce, and they are half of every student epoch and what the labeller
+labels.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from .checks import check_int
 
 @dataclass
 class DecoderConfig:
-    latent_dim: int = 16   # z: size of each prior's mean (and of its log-variance)
+    latent_dim: int = 64   # z: size of each prior's mean (and of its log-variance); 64 is the
+                           # authors' smallest (their run scripts, as summarised in FACTS.md)
     width: int = 32        # channels of the decoder's feature maps
 
     def __post_init__(self):
@@ -72,15 +77,27 @@ def decode(decoder: Decoder, z: torch.Tensor, normalize) -> torch.Tensor:
     return normalize((decoder(z) + 1) / 2)
 
 
+def decode_with_means(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, per_prior: int, normalize,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every prior's mean image and `per_prior` draws from it, decoded in one batch.
+
+    Returns means (P, C, H, W) and samples (P * per_prior, C, H, W), grouped by prior. One batch,
+    so batch norm normalises the means with the same statistics as the samples (see the module's
+    docstring); differentiable, so distillation uses it too.
+    """
+    check_int("per_prior", per_prior, low=0)
+    z = torch.cat([mu, sample_latents(mu, logvar, per_prior, generator)])
+    images = decode(decoder, z, normalize)
+    return images[:len(mu)], images[len(mu):]
+
+
 @torch.no_grad()
 def epoch_images(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor,
                  normalize, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """What a student sees in one epoch: every prior's mean image and one fresh sample per prior.
 
     Returns (2P, C, H, W) images and their labels (each prior's label, hard or soft, twice).
+    Means and samples are decoded in one batch (decode_with_means), as in distillation.
     """
-    # Two decoder calls, not one: batch norm uses the batch's statistics, and the means were
-    # decoded alone (end of distillation) and the samples together (each iteration).
-    means = decode(decoder, mu, normalize)
-    samples = decode(decoder, sample_latents(mu, logvar, 1, generator), normalize)
+    means, samples = decode_with_means(decoder, mu, logvar, 1, normalize, generator)
     return torch.cat([means, samples]), torch.cat([labels, labels])

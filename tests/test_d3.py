@@ -2,14 +2,16 @@
 import pytest
 import torch
 
-from ddcore.decoder import Decoder, DecoderConfig, decode, epoch_images, num_parameters, sample_latents
-from ddcore.distill import distill
-from ddcore.distill.d3 import load_decoder, mmd2_unbiased
+from ddcore.decoder import (Decoder, DecoderConfig, decode, decode_with_means, epoch_images, num_parameters,
+                            sample_latents)
+from ddcore.distill import distill, method_config
+from ddcore.distill.d3 import load_decoder, mmd2_unbiased, mmd_draws
 from ddcore.distill.mtt import trajectory_matching_loss
 from ddcore.evaluate import EvalConfig, epoch_sampler, evaluate_synthetic
 from ddcore.experts import (ExpertConfig, expert_dir, flat_params, forward_with, load_or_train_experts,
                             unflatten)
-from ddcore.labels import LabellerConfig, soft_labels, train_labeller, with_soft_labels
+from ddcore.labels import (LabellerConfig, label_mismatch, soft_labels, train_labeller, with_hard_labels,
+                           with_soft_labels)
 from ddcore.models import ModelConfig, create_model
 from ddcore.storage import d3_ipc_equivalent, storage
 from ddcore.synthetic import SyntheticSet
@@ -17,8 +19,9 @@ from ddcore.train import TrainConfig
 
 TINY = ModelConfig(width=8)
 EXPERTS = ExpertConfig(num_experts=2, epochs=2, model=TINY)
-D3_FAST = dict(iterations=2, batch_real=8, decoder=DecoderConfig(latent_dim=4, width=4), syn_steps=2,
-               expert_epochs=1, max_start_epoch=1, experts=ExpertConfig(num_experts=1, epochs=2, model=TINY))
+D3_FAST = dict(iterations=2, batch_real=8, mmd_samples=4, mmd_real=8, decoder=DecoderConfig(latent_dim=4, width=4),
+               syn_steps=2, expert_epochs=1, max_start_epoch=1,
+               experts=ExpertConfig(num_experts=1, epochs=2, model=TINY))
 
 
 # --- experts -----------------------------------------------------------------------------------
@@ -166,8 +169,9 @@ def test_d3_learns_priors_and_decoder_and_saves_them(small, tmp_path, matching):
     syn.save(path)
     back = SyntheticSet.load(path)
     dec = load_decoder(back, 1, (28, 28))
-    with torch.no_grad():
-        again = decode(dec, back.extras["mu"], small.normalize)
+    with torch.no_grad():  # the stored means were decoded with one draw per prior, seeded with the run's seed
+        again, _ = decode_with_means(dec, back.extras["mu"], back.extras["logvar"], 1, small.normalize,
+                                     torch.Generator().manual_seed(0))
     assert torch.allclose(again, syn.images, atol=1e-5)     # everything needed is in the file
 
 
@@ -181,10 +185,10 @@ def test_d3_training_moves_priors_and_decoder(small):
 def test_d3_lpc_other_than_ipc_and_mmd_needs_two_per_class(small):
     syn = distill("d3", small, ipc=1, seed=0, progress=False, lpc=3, soft_labels=False, **D3_FAST)
     assert syn.extras["mu"].shape[0] == 30 and syn.meta["ipc"] == 1
-    one = distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **D3_FAST)  # 2 draws per prior
+    one = distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **D3_FAST)  # 4 MMD draws per prior
     assert one.extras["mu"].shape[0] == 10
-    with pytest.raises(ValueError, match="needs lpc \\* samples_per_prior >= 2"):
-        distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, samples_per_prior=1, **D3_FAST)
+    with pytest.raises(ValueError, match="mmd_samples=1 is too small; it must be >= 2"):
+        distill("d3", small, ipc=1, seed=0, progress=False, soft_labels=False, **dict(D3_FAST, mmd_samples=1))
 
 
 def test_d3_soft_labels_come_from_the_labeller_on_mean_images(small, tmp_path):
@@ -194,6 +198,8 @@ def test_d3_soft_labels_come_from_the_labeller_on_mean_images(small, tmp_path):
     assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
     labeller = train_labeller(small, labeller_cfg, seed=0, root=tmp_path)    # read back from tmp_path
     assert torch.allclose(syn.labels, soft_labels(labeller, syn.images), atol=1e-5)
+    classes = torch.arange(10).repeat_interleave(2)
+    assert syn.meta["label_mismatch"] == pytest.approx(float((syn.labels.argmax(1) != classes).double().mean()))
 
 
 def test_d3_students_see_fresh_samples_each_epoch_and_get_evaluated(small):
@@ -201,6 +207,7 @@ def test_d3_students_see_fresh_samples_each_epoch_and_get_evaluated(small):
     sampler = epoch_sampler(syn, small, seed=0, device="cpu")
     (x1, y1), (x2, y2) = sampler(), sampler()
     assert x1.shape == (40, 1, 28, 28) and torch.equal(y1, y2)
+    # the stored means were decoded with a draw seeded like this sampler's first epoch (seed 0)
     assert torch.allclose(x1[:20], syn.images, atol=1e-5) and not torch.equal(x1[20:], x2[20:])
     rows = evaluate_synthetic(syn, small, EvalConfig(model=TINY, train=TrainConfig(epochs=2), num_nets=1))
     assert 0.0 <= rows.accuracy.iloc[0] <= 1.0 and rows.method.iloc[0] == "d3"
@@ -299,3 +306,150 @@ def test_robust_d3_needs_the_mmd_term():
     from ddcore.robust import RobustConfig
     with pytest.raises(ValueError, match="needs mmd_weight > 0"):
         method_config("d3", matching="dm", mmd_weight=0.0, robust=RobustConfig())
+
+
+# --- the authors' objective: two steps, MMD sizes, no DSA, one batch for means and samples ----------
+
+def _record_steps():
+    """Every optimizer step taken until the handle is removed: (kind, copy of the first parameter)."""
+    steps = []
+
+    def hook(opt, args, kwargs):
+        first = opt.param_groups[0]["params"][0]
+        steps.append((type(opt).__name__, first.numel(), first.detach().clone()))
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    return steps, register_optimizer_step_post_hook(hook)
+
+
+@pytest.mark.parametrize("matching,mmd_weight,decoder_steps", [("mtt", 1.0, 2), ("dm", 1.0, 2), ("none", 1.0, 1),
+                                                               ("mtt", 0.0, 1)])
+def test_each_iteration_takes_one_step_per_loss(small, matching, mmd_weight, decoder_steps):
+    steps, handle = _record_steps()
+    try:
+        distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, matching=matching,
+                mmd_weight=mmd_weight, **D3_FAST)
+    finally:
+        handle.remove()
+    adam = [p for kind, _, p in steps if kind == "Adam"]          # the decoder's optimizer
+    step_size = [p for kind, n, p in steps if kind == "SGD" and n == 1]  # the student step size (mtt only)
+    assert len(adam) == 2 * decoder_steps                          # 2 iterations
+    assert len(step_size) == (2 if matching == "mtt" else 0)       # moved by the matching step only
+    if decoder_steps == 2:  # the matching step moved the decoder, then the MMD step moved it again
+        assert not torch.equal(adam[0], adam[1]) and not torch.equal(adam[1], adam[2])
+
+
+def test_mmd_draws_spread_mmd_samples_over_the_priors():
+    assert mmd_draws(3, 24) == 8 and mmd_draws(1, 24) == 24 and mmd_draws(10, 24) == 2
+    assert mmd_draws(50, 24) == 1                                  # at least one per prior
+    assert mmd_draws(1, 1) == 2                                    # at least two per class
+
+
+def _decoder_batches():
+    """Sizes of the batches every Decoder.forward sees until the handle is removed."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    sizes = []
+    return sizes, register_module_forward_pre_hook(
+        lambda m, args: sizes.append(args[0].shape[0]) if isinstance(m, Decoder) else None)
+
+
+def test_every_decode_in_distillation_holds_the_means_and_the_draws(small):
+    sizes, handle = _decoder_batches()
+    try:
+        distill("d3", small, ipc=1, seed=0, progress=False, lpc=3, soft_labels=False,
+                **dict(D3_FAST, mmd_samples=24, iterations=1))
+    finally:
+        handle.remove()
+    # 30 priors: matching step 30 means + 30 draws; MMD step 30 means + 8 draws x 30; final means + 1 draw each
+    assert sizes == [60, 30 + 240, 60]
+
+
+def _batch_norm_calls(decoder):
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().clone()))
+               for m in decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return calls, handles
+
+
+def test_means_and_samples_share_batch_norm_statistics(small):
+    dec = Decoder(DecoderConfig(latent_dim=4, width=4), 1, (28, 28))
+    mu, logvar, labels = torch.randn(6, 4), torch.zeros(6, 4), torch.arange(6) % 3
+    calls, handles = _batch_norm_calls(dec)
+    with torch.no_grad():
+        x, _ = epoch_images(dec, mu, logvar, labels, small.normalize, torch.Generator().manual_seed(0))
+        means, samples = decode_with_means(dec, mu, logvar, 1, small.normalize, torch.Generator().manual_seed(0))
+    for h in handles:
+        h.remove()
+    layers = len(calls) // 2
+    assert [c.shape[0] for c in calls] == [12] * (2 * layers)     # one batch norm call per layer, 6 means + 6 draws
+    assert torch.equal(x, torch.cat([means, samples]))              # evaluation decodes as decode_with_means does
+    with torch.no_grad():
+        alone = decode(dec, mu, small.normalize)
+    assert (alone - means).abs().max() > 1e-3                       # decoded alone, the means would differ
+
+
+def test_no_dsa_during_distillation_unless_asked(small, monkeypatch):
+    import ddcore.distill.d3 as d3_module
+    import ddcore.distill.mtt as mtt_module
+    calls = []
+    for module in (d3_module, mtt_module):
+        original = module.sample_dsa
+        monkeypatch.setattr(module, "sample_dsa", lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    for matching in ("mtt", "dm"):
+        distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, matching=matching, **D3_FAST)
+    assert calls == []
+    distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, dsa_distill=True, **D3_FAST)
+    with_dsa = len(calls)
+    distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, dsa=True, **D3_FAST)  # the older name
+    assert with_dsa > 0 and len(calls) == 2 * with_dsa
+
+
+def test_d3_defaults_are_the_authors_ranges():
+    cfg = method_config("d3")
+    assert cfg.matching == "mtt" and cfg.mmd_weight == 1.0 and not cfg.augment
+    assert 3e-4 <= cfg.lr_prior <= 5e-3 and 8e-5 <= cfg.lr_decoder <= 3e-4
+    assert cfg.decoder.latent_dim == 64 and 12 <= cfg.mmd_samples <= 30 and cfg.mmd_real >= 30
+
+
+def test_expert_labeller_labels_mean_images_and_reports_mismatch(small):
+    from ddcore.experts import final_network
+    syn = distill("d3", small, ipc=2, seed=0, progress=False, labeller_source="expert", **D3_FAST)
+    trajectories = load_or_train_experts(small, D3_FAST["experts"], seed=0, device="cpu")
+    expert = final_network(trajectories[0], small, TINY, "cpu")
+    assert torch.allclose(syn.labels, soft_labels(expert, syn.images), atol=1e-5)
+    classes = torch.arange(10).repeat_interleave(2)
+    assert syn.meta["label_mismatch"] == pytest.approx(label_mismatch(syn.labels, classes))
+    hard = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **D3_FAST)
+    assert torch.equal(hard.labels, classes) and hard.meta["label_mismatch"] == 0.0
+
+
+def test_label_mismatch_counts_soft_and_hard_labels():
+    classes = torch.tensor([0, 0, 1, 1])
+    soft = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    assert label_mismatch(soft, classes) == 0.25 and label_mismatch(torch.tensor([0, 1, 1, 0]), classes) == 0.5
+    with pytest.raises(ValueError, match="3 labels for 4 classes"):
+        label_mismatch(soft[:3], classes)
+
+
+def test_with_hard_labels_is_the_set_soft_labels_false_gives(small, tmp_path):
+    opts = dict(D3_FAST, labeller=LabellerConfig(epochs=1, model=TINY), experts_dir=str(tmp_path))
+    soft = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
+    hard = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **opts)
+    made = with_hard_labels(soft)
+    assert torch.equal(made.labels, hard.labels) and made.meta["method"] == "d3+hard"
+    assert torch.equal(made.extras["mu"], hard.extras["mu"])      # the labels never steer distillation
+    assert storage(made)["labels_values"] == 20 and soft.labels.shape == (20, 10)  # the original is untouched
+    rows = evaluate_synthetic(made, small, EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1))
+    assert rows.method.iloc[0] == "d3+hard"
+    with pytest.raises(ValueError, match="needs a D3 set"):
+        with_hard_labels(distill("random", small, ipc=2))
+
+
+@pytest.mark.parametrize("clustering", ["kmeans", "synthetic"])
+def test_robust_d3_runs_on_the_trajectory_matching_objective(small, clustering):
+    from ddcore.robust import RobustConfig
+    opts = dict(D3_FAST, soft_labels=False)
+    plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
+    robust = distill("d3", small, ipc=2, seed=0, progress=False, robust=RobustConfig(clustering=clustering, k=2,
+                                                                                      space="pixels", alpha=0.5), **opts)
+    assert torch.isfinite(robust.extras["mu"]).all()
+    assert not torch.equal(plain.extras["mu"], robust.extras["mu"])

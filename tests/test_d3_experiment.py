@@ -7,7 +7,10 @@ matplotlib.use("Agg")
 from ddcore.d3_experiment import (d3_sweep, d3_values, decoded_grid_images, decoder_for_budget, decoder_size,  # noqa: E402
                                   storage_grid)
 from ddcore.d3_plots import accuracy_vs_storage, storage_model_plot, sweep_plot  # noqa: E402
-from ddcore.decoder import DecoderConfig  # noqa: E402
+import torch  # noqa: E402
+
+from ddcore.decoder import DecoderConfig, decode_with_means  # noqa: E402
+from ddcore.distill.d3 import load_decoder  # noqa: E402
 from ddcore.evaluate import EvalConfig  # noqa: E402
 from ddcore.experts import ExpertConfig  # noqa: E402
 from ddcore.labels import LabellerConfig  # noqa: E402
@@ -15,7 +18,7 @@ from ddcore.models import ModelConfig  # noqa: E402
 from ddcore.train import TrainConfig  # noqa: E402
 
 TINY = ModelConfig(width=8)
-D3 = dict(iterations=1, batch_real=8, matching="dm", latent_dim=4,
+D3 = dict(iterations=1, batch_real=8, mmd_samples=4, mmd_real=8, matching="dm", latent_dim=4,
           experts=ExpertConfig(num_experts=1, epochs=1, model=TINY))
 EVAL = EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1)
 LABELLER = LabellerConfig(epochs=1, model=TINY)
@@ -47,6 +50,16 @@ def test_storage_grid_compares_at_equal_storage_with_soft_random(small, tmp_path
     assert fig.axes[0].get_xlabel().startswith("storage")
 
 
+def test_storage_grid_adds_d3_with_hard_labels_and_the_label_mismatch(small, tmp_path):
+    results, sets = storage_grid(small, [2], {}, D3, EVAL, LABELLER, cache_dir=tmp_path, hard_labels=True)
+    assert sorted(results.method.unique()) == ["d3", "d3+hard"]
+    per_set = results.groupby("method")[["ipc_equivalent", "label_mismatch"]].first()
+    assert per_set.ipc_equivalent["d3+hard"] < per_set.ipc_equivalent["d3"]  # one value per prior, not 10
+    assert per_set.label_mismatch["d3+hard"] == 0.0
+    assert per_set.label_mismatch["d3"] == sets[("d3", 2)].meta["label_mismatch"]
+    assert torch.equal(sets[("d3+hard", 2)].extras["mu"], sets[("d3", 2)].extras["mu"])  # one distillation
+
+
 def test_sweep_reports_storage_of_each_variant_and_rejects_unknown_names(small, tmp_path):
     sweep = d3_sweep(small, 2, {"lpc": [2, 3]}, D3, EVAL, LABELLER, cache_dir=tmp_path)
     eq = sweep.groupby("value").ipc_equivalent.first()
@@ -62,7 +75,13 @@ def test_decoded_grid_has_mean_then_samples_per_class(small):
                   **{k: v for k, v in D3.items() if k != "latent_dim"})
     images, labels = decoded_grid_images(syn, small, samples=3)
     assert images.shape == (40, 1, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(4)]
-    assert (images[0] == syn.images[0]).all()
+    # every prior decoded with its 3 draws in one batch (batch norm statistics as in training)
+    dec = load_decoder(syn, 1, (28, 28))
+    with torch.no_grad():
+        means, draws = decode_with_means(dec, syn.extras["mu"], syn.extras["logvar"], 3, small.normalize,
+                                         torch.Generator().manual_seed(0))
+    assert torch.equal(images[0], means[0]) and torch.equal(images[1:4], draws[:3])
+    assert torch.equal(images[4], means[2])                           # class 1's first prior (lpc = 2)
 
 
 def test_storage_model_plot_draws_one_curve_per_decoder():

@@ -30,7 +30,47 @@ def digits() -> Dataset:
 # Offline data sets
 # ---------------------------------------------------------------------------------------------
 def test_available_datasets():
-    assert available_datasets() == sorted(["digits", "mnist5k", *TORCHVISION_SETS])
+    assert available_datasets() == sorted(["digits", "mnist5k", "mnist5k_pairs", *TORCHVISION_SETS])
+
+
+@pytest.fixture(scope="module")
+def pairs() -> Dataset:
+    return load_dataset("mnist5k_pairs")
+
+
+def test_mnist5k_pairs_shapes_and_balanced_classes(pairs):
+    assert pairs.images_train.shape == (10_000, 1, 28, 56) and pairs.images_test.shape == (2_000, 1, 28, 56)
+    assert pairs.class_names == [f"{t}{u}" for t in range(10) for u in range(10)] and pairs.num_classes == 100
+    assert torch.bincount(pairs.labels_train).tolist() == [100] * 100
+    assert torch.bincount(pairs.labels_test).tolist() == [20] * 100
+    assert (pairs.mean, pairs.std) == ((0.1307,), (0.3081,))
+
+
+def _labels_by_image(ds: Dataset, split: str) -> dict[bytes, int]:
+    images, labels = getattr(ds, f"images_{split}"), getattr(ds, f"labels_{split}")
+    return {x.numpy().tobytes(): int(y) for x, y in zip(images, labels)}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mnist5k_pairs_halves_are_mnist5k_digits_of_the_same_split(pairs, mnist5k, split):
+    same, other = _labels_by_image(mnist5k, split), _labels_by_image(mnist5k, "test" if split == "train" else "train")
+    images, labels = getattr(pairs, f"images_{split}"), getattr(pairs, f"labels_{split}")
+    for x, y in zip(images, labels):
+        left, right = x[..., :28].contiguous().numpy().tobytes(), x[..., 28:].contiguous().numpy().tobytes()
+        assert (same.get(left), same.get(right)) == (int(y) // 10, int(y) % 10)  # tens left, units right
+        assert left not in other and right not in other
+
+
+def test_mnist5k_pairs_are_seeded(pairs):
+    again = load_dataset("mnist5k_pairs")
+    assert torch.equal(again.images_train, pairs.images_train) and torch.equal(again.images_test, pairs.images_test)
+    assert torch.equal(again.labels_train, pairs.labels_train)
+
+
+def test_mnist5k_pairs_are_never_flipped_by_dsa():
+    """A flip would turn '12' into a mirrored '21': the pairs are digits."""
+    from ddcore.augment import dsa_for
+    assert "flip" not in dsa_for("mnist5k_pairs").families
 
 
 def test_mnist5k_shapes_and_counts(mnist5k):

@@ -71,7 +71,19 @@ def _log_loss(stem: Path, it: int, loss: float, seconds: float) -> None:
         print(f"{stem.name} iteration {it} loss {loss:.4g} ({seconds:.2f} s)", flush=True)
 
 
-def evaluate_cell(name, syn, data, iteration, students, cache: Path, rows_file: Path):
+def checkpoint_set(name, data, ipc, seed, iterations, cache: Path) -> tuple[SyntheticSet, int]:
+    """The images of an unfinished cell's latest checkpoint, as a set, with its iteration count."""
+    from ddcore.io import load_checkpoint
+    stem = cache / f"{data.name}_{name}_ipc{ipc}_seed{seed}_it{iterations}"
+    state = load_checkpoint(stem.with_suffix(".ckpt"))
+    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+    meta = {"method": METHODS[name][0], "dataset": data.name, "ipc": ipc, "seed": seed,
+            "config": {"iterations": int(state["iteration"])}}
+    return SyntheticSet(state["params"]["images_syn"], labels, meta), int(state["iteration"])
+
+
+def evaluate_cell(name, syn, data, iteration, students, cache: Path, rows_file: Path, run_iterations=None,
+                  partial=False):
     _, _, epochs, dsa = METHODS[name]
     cfg = EvalConfig(model=ModelConfig(width=128), train=TrainConfig(epochs=epochs), num_nets=students,
                      dsa=dsa)
@@ -83,6 +95,7 @@ def evaluate_cell(name, syn, data, iteration, students, cache: Path, rows_file: 
     record = {"dataset": data.name, "method": name, "ipc": syn.meta["ipc"], "seed": syn.meta["seed"],
               "iteration": last if iteration is None else iteration, "students": students, "epochs": epochs, "dsa_eval": dsa,
               "width": 128, "accuracies": df["accuracy"].tolist(),
+              "run_iterations": run_iterations if run_iterations is not None else last, "partial": partial,
               "distill_seconds": syn.meta.get("seconds"), "eval_seconds": time.perf_counter() - start,
               "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
     with open(rows_file, "a") as f:
@@ -103,6 +116,8 @@ def main():
     parser.add_argument("--students", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default="results/published")
+    parser.add_argument("--from-checkpoint", action="store_true",
+                        help="evaluate the latest checkpoint of an unfinished cell (a run stopped early)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(args.cache)
@@ -111,6 +126,11 @@ def main():
     for ipc in args.ipc:
         for seed in args.seeds:
             eval_at = sorted(n for n in set(args.eval_at) if 0 < n < args.iterations)
+            if args.from_checkpoint:
+                syn, _ = checkpoint_set(args.method, data, ipc, seed, args.iterations, cache)
+                evaluate_cell(args.method, syn, data, None, args.students, cache, cache / "rows.jsonl",
+                              run_iterations=args.iterations, partial=True)
+                continue
             syn = distill_cell(args.method, data, ipc, seed, args.iterations, eval_at, cache,
                                f"{args.threads} thread(s)")
             for n in ([None] if args.method == "random" else [*eval_at, None]):

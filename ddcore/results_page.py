@@ -63,7 +63,11 @@ def verdict(ours: float, method: str, dataset: str, ipc: int, iterations: int) -
 
 def _command(row) -> str:
     base = f"python bench/published_table.py --dataset {row.dataset} --method {row.method} --ipc {row.ipc}"
-    return base if row.method == "random" else f"{base} --iterations {row.final_iteration}"
+    if row.method == "random":
+        return base
+    partial = getattr(row, "partial", False)
+    stopped = " --from-checkpoint" if pd.notna(partial) and bool(partial) else ""
+    return f"{base} --iterations {row.final_iteration}{stopped}"
 
 
 def table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -71,7 +75,10 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     rows = rows.copy()
-    rows["final_iteration"] = rows.groupby(["dataset", "method", "ipc", "seed"]).iteration.transform("max")
+    # the run a row came from: its planned iterations (rows of a run stopped early say so)
+    planned = rows["run_iterations"] if "run_iterations" in rows else pd.Series(float("nan"), index=rows.index)
+    rows["final_iteration"] = planned.fillna(
+        rows.groupby(["dataset", "method", "ipc", "seed"]).iteration.transform("max")).astype(int)
     lines = []
     for row in rows.sort_values(["dataset", "ipc", "method", "iteration"]).itertuples():
         accs = pd.Series(row.accuracies) * 100

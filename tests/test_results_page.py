@@ -53,6 +53,15 @@ def test_table_and_render(tmp_path):
     assert text.count("\n") == 2 + 3 and "| fashion_mnist | random | 1 | - |" in text
 
 
+def test_a_run_stopped_early_names_its_plan_and_the_checkpoint(tmp_path):
+    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [
+        _row(iteration=120, run_iterations=200, partial=True), _row(iteration=50, run_iterations=200)])])
+    table = rp.table(rows)
+    assert table.iloc[1]["command"].endswith("--iterations 200 --from-checkpoint`")
+    assert table.iloc[1]["iterations"] == 120 and table.iloc[1]["verdict"] == "reproduced"
+    assert table.iloc[0]["command"].endswith("--iterations 200`")
+
+
 def test_replace_section_needs_both_markers():
     with pytest.raises(ValueError, match="markers"):
         rp.replace_section("no markers here", "x")

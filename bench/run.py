@@ -4,10 +4,13 @@ against the machine's own fp32 matmul rate (issue #7). Run by hand on a quiet ma
     python bench/run.py [--device cpu|cuda] [--quick] [--only dm dc ...] [--out results/bench]
                         [--threads N] [--repeats 5] [--shapes mnist5k] [--ipcs 1 10] [--list]
 
-Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults but its
-robust step in one pass: chunk_size=None), `mtt`,
-`d3` (matching='mtt' plus MMD) and `eval` (train_network, 1 epoch, TrainConfig() defaults, on a
-synthetic set of ipc real images per class), each with ConvNet-3 width 128 (instance norm),
+Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults: the
+group-robust risk inside the matching target, dc_risk='target'; chunk_size only acts on the
+paper's network step, dc_risk='network'), `mtt`,
+`d3` (matching='mtt' plus MMD), `eval` (train_network, 1 epoch, TrainConfig() defaults, on a
+synthetic set of ipc real images per class) and `eval-sbs` (the same epoch for the 3 students of
+one evaluation trained side by side: students.train_side_by_side, EvalConfig.side_by_side; its
+GFLOP/s compares with eval's, one student at a time), each with ConvNet-3 width 128 (instance norm),
 256 real images per class, DSA on, IPC 1/10/50, at two shapes: `mnist5k` (the real data,
 1x28x28) and `cifar10` (random N(0, 1) tensors, 3x32x32, 300 per class), 10 classes each.
 DC uses the reference's (outer, inner) loops for the IPC; MTT and D3 their defaults (syn_steps
@@ -19,7 +22,8 @@ and dc+robust at the largest IPC with its robust step in chunks of 256 (RobustCo
 
 Timing: each workload runs in a fresh process (so that its peak memory is its own) and calls
 `distill(..., iterations=warmup + repeats, on_iteration=...)`: the method's own loop reports the
-seconds of each step; `eval` times train_network calls of 1 epoch each. The first iteration is a
+seconds of each step; `eval` times train_network calls of 1 epoch each, `eval-sbs` train_side_by_side
+calls of 1 epoch each (3 students). The first iteration is a
 warm-up and is dropped; a row gives the median, min, max and IQR of 5 more, or of 3 when an
 iteration exceeds 1 TFLOP (MTT and D3 at IPC 50, D3 at syn_steps 20). DC and DC+robust at IPC
 10 and 50 (10 or 50 outer steps with 450 or 490 inner epochs: 2.5 to 15 minutes an iteration
@@ -43,7 +47,8 @@ F_1 the first convolution, per image:
 So: dm = F_embed (real + 2 syn); dc = outer x [(3F - F_1) real + 9F syn] + (outer - 1) x inner x
 (3F - F_1) syn; dc+robust adds per outer step F_embed (real + syn) + (3F - F_1) real; mtt =
 9F x syn_steps x batch; d3 = mtt + F_embed (real + 2 decoded) + 3 decoder x decoded; eval =
-(3F - F_1) syn. GFLOP/s = that count / median seconds, and ratio = GFLOP/s / matmul GFLOP/s.
+(3F - F_1) syn; eval-sbs = 3 x eval. GFLOP/s = that count / median seconds, and ratio = GFLOP/s /
+matmul GFLOP/s.
 
 MTT and D3 keep every student step's graph: about 2.1 MiB per image and step at width 128
 (measured on the mnist5k shape; 3.4 MiB was measured before the fused first block and the
@@ -93,9 +98,11 @@ from ddcore.experts import ExpertConfig, load_or_train_experts
 from ddcore.io import load_tensors, save_tensors
 from ddcore.models import ConvNet, ModelConfig, count_flops
 from ddcore.robust import RobustConfig
+from ddcore.students import train_side_by_side
 from ddcore.train import TrainConfig, train_network
 
-METHODS = ("dm", "dc", "dc+robust", "mtt", "d3", "eval")
+METHODS = ("dm", "dc", "dc+robust", "mtt", "d3", "eval", "eval-sbs")
+SIDE_BY_SIDE_NETS = 3  # eval-sbs: the students of one evaluation (EvalConfig.num_nets)
 SHAPES = {"mnist5k": (1, (28, 28)), "cifar10": (3, (32, 32))}  # channels, im_size
 NUM_CLASSES = 10
 EXPERT_EPOCHS, EXPERT_AHEAD = 4, 2  # experts of 4 epochs; targets 2 epochs ahead of starts 0..2
@@ -292,6 +299,8 @@ def iteration_flops(w: Workload, f: dict[str, int], real_per_class: int | None =
     train = 3 * fwd - f["first"]  # forward + backward through the weights, images need no gradient
     if w.method == "eval":
         return train * syn
+    if w.method == "eval-sbs":
+        return SIDE_BY_SIDE_NETS * train * syn
     if w.method == "dm":
         return emb * (real + 2 * syn)
     if w.method in ("dc", "dc+robust"):
@@ -345,6 +354,22 @@ def time_eval(w: Workload, data: Dataset, device: torch.device) -> list[float]:
         _sync(device)
         start = time.perf_counter()
         train_network(net, images, labels, cfg, dsa, gen)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds[w.warmup:]
+
+
+def time_eval_side_by_side(w: Workload, data: Dataset, device: torch.device) -> list[float]:
+    """Seconds of each timed epoch of SIDE_BY_SIDE_NETS students trained side by side, as time_eval."""
+    run = Run(dataset=data, ipc=w.ipc, seed=0, device=device, progress=False)
+    images, labels = init_synthetic(run, "real", torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(k) for k in range(SIDE_BY_SIDE_NETS)]
+    nets = [fresh_net(run, ModelConfig(width=w.width), g) for g in gens]
+    data_k, seconds = [(images, labels.to(device))] * SIDE_BY_SIDE_NETS, []
+    for _ in range(w.warmup + w.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        train_side_by_side(nets, data_k, TrainConfig(epochs=1), dsa_for(data.name), gens)
         _sync(device)
         seconds.append(time.perf_counter() - start)
     return seconds[w.warmup:]
@@ -404,6 +429,8 @@ def worker(payload: dict) -> dict:
     setup = reset_peak(device)
     if w.method == "eval":
         seconds = time_eval(w, data, device)
+    elif w.method == "eval-sbs":
+        seconds = time_eval_side_by_side(w, data, device)
     else:
         seconds = time_distill(w, data, device, payload["experts_dir"])
     real_per_class = min(len(i) for i in data.indices_per_class("train"))
@@ -545,7 +572,8 @@ def device_label(device: str) -> str:
 
 
 PLOT_LABELS = {"eval": "eval (1 epoch)", "dc": "dc (ipc >= 10: 2 of the reference's outer steps)",
-               "dc+robust": "dc+robust (likewise)"}
+               "dc+robust": "dc+robust (likewise)",
+               "eval-sbs": f"eval side by side ({SIDE_BY_SIDE_NETS} students, 1 epoch)"}
 SHAPE_TITLES = {"mnist5k": "mnist5k (1x28x28, real images)", "cifar10": "CIFAR-10 shape (3x32x32, random)"}
 
 

@@ -40,6 +40,21 @@ Risk = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (per-sample losse
 Resample = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # () -> fresh (images, labels) for an epoch
 
 
+def set_epoch_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, epoch: int) -> None:
+    """The recipe's schedule: cfg.lr, then cfg.lr x 0.1 from half of the epochs on (decay_at_half)."""
+    if cfg.decay_at_half and epoch == cfg.epochs // 2 and epoch > 0:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.1
+
+
+def augment_batch(x: torch.Tensor, dsa: DSAConfig | None, generator: torch.Generator) -> torch.Tensor:
+    """One student batch under DSA: one family for the batch, parameters per image, drawn from
+    `generator` (students.py draws through this too, so both loops use each stream alike)."""
+    if dsa is None or not dsa.families:
+        return x
+    return apply_dsa(x, sample_dsa(dsa, x.shape[0], tuple(x.shape[-2:]), generator, same_family=True))
+
+
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
                   dsa: DSAConfig | None, generator: torch.Generator, risk: Risk | None = None,
                   resample: Resample | None = None) -> list[float]:
@@ -59,17 +74,13 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
                          "use chunk_size=None with norm='batch'")
     n, losses = images.shape[0], []
     for epoch in range(cfg.epochs):
-        if cfg.decay_at_half and epoch == cfg.epochs // 2 and epoch > 0:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.1
+        set_epoch_lr(opt, cfg, epoch)
         if resample is not None:
             images, labels = resample()
         perm = torch.randperm(n, generator=generator).to(images.device)
         total = 0.0
         for idx in perm.split(cfg.batch_size):
-            x = images[idx]
-            if dsa is not None and dsa.families:
-                x = apply_dsa(x, sample_dsa(dsa, x.shape[0], tuple(x.shape[-2:]), generator, same_family=True))
+            x = augment_batch(images[idx], dsa, generator)
             opt.zero_grad(set_to_none=True)
             if cfg.chunk_size is not None and len(idx) > cfg.chunk_size:
                 loss = chunked_backward(net, x, labels[idx], idx, risk, cfg.chunk_size)

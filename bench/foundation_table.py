@@ -13,7 +13,7 @@ import torch
 
 from ddcore.data import load_dataset
 from ddcore.evaluate import EvalConfig, format_mean_std, summarize
-from ddcore.experiment import run_grid
+from ddcore.studies.experiment import run_grid
 from ddcore.models import ModelConfig
 from ddcore.train import TrainConfig
 

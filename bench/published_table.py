@@ -28,7 +28,7 @@ import torch
 from ddcore.data import load_dataset
 from ddcore.distill import distill, method_config
 from ddcore.evaluate import EvalConfig
-from ddcore.experiment import evaluate_cached
+from ddcore.studies.experiment import evaluate_cached
 from ddcore.models import ModelConfig
 from ddcore.synthetic import SyntheticSet
 from ddcore.train import TrainConfig

@@ -101,3 +101,15 @@ def epoch_images(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, label
     """
     means, samples = decode_with_means(decoder, mu, logvar, 1, normalize, generator)
     return torch.cat([means, samples]), torch.cat([labels, labels])
+
+
+def load_decoder(syn, channels: int, im_size: tuple[int, int]) -> Decoder:
+    """Rebuild the decoder of a D3 set (a SyntheticSet) from the weights it stores in its extras.
+
+    Here, beside the decoder, so that evaluation can draw a generative set's epoch images without
+    importing a distillation method.
+    """
+    decoder = Decoder(DecoderConfig(**syn.meta["decoder"]), channels, im_size)
+    state = {k[len("decoder."):]: v for k, v in syn.extras.items() if k.startswith("decoder.")}
+    decoder.load_state_dict(state)
+    return decoder

@@ -166,8 +166,7 @@ def _part_sampler(part: SyntheticSet, dataset: Dataset, gen: torch.Generator, de
         return lambda: (images, labels)
     if kind != "d3":
         raise ValueError(f"unknown generative set kind {kind!r}; this ddcore knows 'd3'")
-    from .decoder import epoch_images
-    from .distill.d3 import load_decoder
+    from .decoder import epoch_images, load_decoder  # evaluation knows the decoder, not the method
     decoder = load_decoder(part, dataset.channels, dataset.im_size).to(device)
     mu, logvar, labels = part.extras["mu"].to(device), part.extras["logvar"].to(device), part.labels.to(device)
     return lambda: epoch_images(decoder, mu, logvar, labels, dataset.normalize, gen)

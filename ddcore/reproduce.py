@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from .checks import check_choice, check_writable_dir
-from .report import load_results
+from .studies.report import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -13,7 +13,7 @@ from ddcore.robust import RobustConfig, cvar
 from ddcore.runtime import resolve_device
 from ddcore.synthetic import SyntheticSet
 from ddcore.cluster import kmeans
-from ddcore.d3_experiment import decoder_for_budget
+from ddcore.studies.d3_experiment import decoder_for_budget
 from ddcore.decoder import DecoderConfig
 from ddcore.labels import with_hard_labels
 from ddcore.storage import storage

@@ -5,7 +5,8 @@ import torch
 from ddcore.decoder import (Decoder, DecoderConfig, decode, decode_with_means, epoch_images, num_parameters,
                             sample_latents)
 from ddcore.distill import distill, method_config
-from ddcore.distill.d3 import load_decoder, mmd2_unbiased, mmd_draws
+from ddcore.decoder import load_decoder
+from ddcore.distill.d3 import mmd2_unbiased, mmd_draws
 from ddcore.distill.mtt import trajectory_matching_loss
 from ddcore.evaluate import EvalConfig, epoch_sampler, evaluate_synthetic
 from ddcore.experts import (ExpertConfig, expert_dir, flat_params, forward_with, load_or_train_experts,

@@ -4,13 +4,13 @@ import pytest
 
 matplotlib.use("Agg")
 
-from ddcore.d3_experiment import (d3_sweep, d3_values, decoded_grid_images, decoder_for_budget, decoder_size,  # noqa: E402
+from ddcore.studies.d3_experiment import (d3_sweep, d3_values, decoded_grid_images, decoder_for_budget, decoder_size,  # noqa: E402
                                   storage_grid)
-from ddcore.d3_plots import accuracy_vs_storage, storage_model_plot, sweep_plot  # noqa: E402
+from ddcore.studies.d3_plots import accuracy_vs_storage, storage_model_plot, sweep_plot  # noqa: E402
 import torch  # noqa: E402
 
 from ddcore.decoder import DecoderConfig, decode_with_means  # noqa: E402
-from ddcore.distill.d3 import load_decoder  # noqa: E402
+from ddcore.decoder import load_decoder  # noqa: E402
 from ddcore.evaluate import EvalConfig  # noqa: E402
 from ddcore.experts import ExpertConfig  # noqa: E402
 from ddcore.labels import LabellerConfig  # noqa: E402

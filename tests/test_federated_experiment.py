@@ -7,11 +7,11 @@ import torch
 
 matplotlib.use("Agg")
 
-import ddcore.federated_experiment as fx  # noqa: E402
+import ddcore.studies.federated_experiment as fx  # noqa: E402
 from ddcore.data import load_dataset  # noqa: E402
 from ddcore.evaluate import EvalConfig  # noqa: E402
 from ddcore.federated import aggregate, split_classes  # noqa: E402
-from ddcore.federated_plots import accuracy_storage_plot, cost_plot, subtask_accuracy_plot  # noqa: E402
+from ddcore.studies.federated_plots import accuracy_storage_plot, cost_plot, subtask_accuracy_plot  # noqa: E402
 from ddcore.models import ModelConfig  # noqa: E402
 from ddcore.synthetic import SyntheticSet  # noqa: E402
 from ddcore.train import TrainConfig  # noqa: E402

@@ -31,7 +31,7 @@ def fake_project(tmp_path, monkeypatch):
     (tmp_path / "nb").mkdir()
     (tmp_path / "profiles").mkdir()
     write_results = (
-        "import pandas as pd\nfrom ddcore.report import save_results\n"
+        "import pandas as pd\nfrom ddcore.studies.report import save_results\n"
         "save_results(output_dir, '10_ok', {'value': value}, pd.DataFrame([{'metric': value * 2}]))")
     _notebook(tmp_path / "nb" / "10_ok.ipynb", write_results)
     _notebook(tmp_path / "nb" / "11_fails.ipynb", "raise RuntimeError('broken on purpose')")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ddcore import results_page as rp
+from ddcore.studies import results_page as rp
 
 
 def _row(method="dsa", ipc=1, iteration=200, accuracies=(0.70, 0.71, 0.69), **extra):

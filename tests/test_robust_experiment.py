@@ -7,9 +7,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-import ddcore.experiment  # noqa: E402
-from ddcore import robust_experiment as rx  # noqa: E402
-from ddcore import robust_plots  # noqa: E402
+import ddcore.studies.experiment  # noqa: E402
+from ddcore.studies import robust_experiment as rx  # noqa: E402
+from ddcore.studies import robust_plots  # noqa: E402
 from ddcore.augment import dsa_for  # noqa: E402
 from ddcore.distill import distill  # noqa: E402
 from ddcore.evaluate import EvalConfig, evaluate_robustness  # noqa: E402
@@ -89,7 +89,7 @@ def test_a_second_run_reads_the_cache(grid, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although cached")
 
-    monkeypatch.setattr(ddcore.experiment, "distill", fail)
+    monkeypatch.setattr(ddcore.studies.experiment, "distill", fail)
     monkeypatch.setattr(rx, "evaluate_cell", fail)
     again, _ = rx.run_robust_grid(benches, variants, [1], FAST, cache_dir=cache, k=3, corruptions={"plain": CORRUPT})
     pd.testing.assert_frame_equal(again, results, check_dtype=False)

@@ -391,11 +391,3 @@ def _finish(ctx: _Context, st: _Learned, losses) -> SyntheticSet:
     syn.meta["label_mismatch"] = label_mismatch(labels, st.prior_class)
     syn.meta["syn_lr"] = float(st.syn_lr.detach())
     return syn
-
-
-def load_decoder(syn: SyntheticSet, channels: int, im_size: tuple[int, int]) -> Decoder:
-    """Rebuild the decoder of a D3 set from its stored weights."""
-    decoder = Decoder(DecoderConfig(**syn.meta["decoder"]), channels, im_size)
-    state = {k[len("decoder."):]: v for k, v in syn.extras.items() if k.startswith("decoder.")}
-    decoder.load_state_dict(state)
-    return decoder

@@ -1,7 +1,7 @@
 """Figures of notebook 02 (robust distillation): the 2-D toy (ddcore.toy), accuracy per test cluster
 and per subgroup, the alpha / k sweep, one class's synthetic images per method, and a PCA view of one class.
 
-Each function takes the tidy frames of `ddcore.robust_experiment` (toy_plot: ddcore.toy's runs) and returns a
+Each function takes the tidy frames of `ddcore.studies.robust_experiment` (toy_plot: ddcore.toy's runs) and returns a
 matplotlib Figure.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import seaborn as sns
 import torch
 from matplotlib.lines import Line2D
 
-from .data import Dataset
+from ..data import Dataset
 from .robust_experiment import METRIC_NAMES
-from .synthetic import SyntheticSet
-from .toy import ToyData, ToyRun, distance_to_rare
+from ..synthetic import SyntheticSet
+from ..toy import ToyData, ToyRun, distance_to_rare
 
 __all__ = ["toy_plot", "cluster_accuracy_plot", "subgroup_accuracy_plot", "sweep_plot", "class_images_plot", "pca_plot"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checks import check_writable_dir
-from .io import atomic_write_bytes
+from ..checks import check_writable_dir
+from ..io import atomic_write_bytes
 
 
 def output_name(notebook: str, **params) -> str:

@@ -5,8 +5,8 @@ iteration) to a rows file; the committed copies live in `runs/`. This module rea
 the last row of each cell, and writes the README's results section between two markers, so the
 page is generated from the files, never typed:
 
-    python -m ddcore.results_page            # rewrite README.md's section from runs/
-    python -m ddcore.results_page --check    # exit 1 when README.md is stale (CI's tests do this)
+    python -m ddcore.studies.results_page            # rewrite README.md's section from runs/
+    python -m ddcore.studies.results_page --check    # exit 1 when README.md is stale (CI's tests do this)
 
 Verdict of a cell with a published number (mean m, std s): "reproduced" when ours is at least
 m - (s + 1) points; otherwise "not yet run at the paper's iterations" when we ran fewer
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .published import published
+from ..published import published
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -158,7 +158,7 @@ def replace_section(text: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddcore.results_page", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ddcore.studies.results_page", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md's section is stale")
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args(argv)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     new = replace_section(text, render(rows))
     if args.check:
         if new != text:
-            print("README.md's results section is stale: run python -m ddcore.results_page", file=sys.stderr)
+            print("README.md's results section is stale: run python -m ddcore.studies.results_page", file=sys.stderr)
             return 1
         return 0
     readme.write_text(new)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checks import check_writable_dir
-from .data import Dataset
-from .distill import distill, method_config
-from .evaluate import EvalConfig, evaluate_synthetic
-from .io import atomic_write_bytes
-from .synthetic import SyntheticSet
+from ..checks import check_writable_dir
+from ..data import Dataset
+from ..distill import distill, method_config
+from ..evaluate import EvalConfig, evaluate_synthetic
+from ..io import atomic_write_bytes
+from ..synthetic import SyntheticSet
 
 
 def cell_name(dataset: Dataset, method: str, ipc: int, seed: int, tag: str = "") -> str:

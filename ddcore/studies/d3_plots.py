@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .storage import d3_ipc_equivalent
+from ..storage import d3_ipc_equivalent
 
 
 def accuracy_vs_storage(results: pd.DataFrame, title: str):

@@ -6,8 +6,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from .data import Dataset
-from .published import published
+from ..data import Dataset
+from ..published import published
 
 
 def image_grid(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, title: str,

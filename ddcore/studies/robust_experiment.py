@@ -21,20 +21,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checks import check_choice, check_int, check_writable_dir
-from .cluster import kmeans
-from .data import Dataset
-from .distill import method_config
-from .evaluate import (CORRUPTIONS, EvalConfig, accuracy_by_group, cluster_min_accuracy, corrupt, student_for,
+from ..checks import check_choice, check_int, check_writable_dir
+from ..cluster import kmeans
+from ..data import Dataset
+from ..distill import method_config
+from ..evaluate import (CORRUPTIONS, EvalConfig, accuracy_by_group, cluster_min_accuracy, corrupt, student_for,
                        summarize)
 from .experiment import cell_name, distill_cached
-from .io import atomic_write_bytes
-from .robust import RobustConfig
-from .subpop import make_rare_subgroups
-from .synthetic import SyntheticSet
-from .train import predict
-from .verdicts import noise as shared_noise
-from .verdicts import verdict_word
+from ..io import atomic_write_bytes
+from ..robust import RobustConfig
+from ..subpop import make_rare_subgroups
+from ..synthetic import SyntheticSet
+from ..train import predict
+from ..verdicts import noise as shared_noise
+from ..verdicts import verdict_word
 
 __all__ = ["Benchmark", "make_benchmarks", "robust_variants", "evaluate_cell", "run_robust_grid",
            "robust_sweep", "summary_table", "robust_gains", "gains_table", "claim_verdicts", "conclusion_text",

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checks import check_int
-from .data import Dataset
-from .evaluate import EvalConfig, evaluate_synthetic
-from .federated import AGGREGATED, launch_torchrun, subtask_ids
-from .storage import storage
-from .synthetic import SyntheticSet
-from .verdicts import compare
+from ..checks import check_int
+from ..data import Dataset
+from ..evaluate import EvalConfig, evaluate_synthetic
+from ..federated import AGGREGATED, launch_torchrun, subtask_ids
+from ..storage import storage
+from ..synthetic import SyntheticSet
+from ..verdicts import compare
 
 STORAGE_PARTS = ("images", "priors", "decoder", "labels")
 

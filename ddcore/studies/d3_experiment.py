@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .checks import check_int, check_writable_dir
-from .data import Dataset
-from .decoder import Decoder, DecoderConfig, num_parameters
-from .evaluate import EvalConfig
+from ..checks import check_int, check_writable_dir
+from ..data import Dataset
+from ..decoder import Decoder, DecoderConfig, num_parameters
+from ..evaluate import EvalConfig
 from .experiment import distill_cached, evaluate_cached
-from .labels import LabellerConfig, train_labeller, with_hard_labels, with_soft_labels
-from .storage import storage
+from ..labels import LabellerConfig, train_labeller, with_hard_labels, with_soft_labels
+from ..storage import storage
 
 
 def decoder_size(dataset: Dataset, decoder: DecoderConfig) -> int:
@@ -131,8 +131,7 @@ def decoded_grid_images(syn, dataset: Dataset, samples: int = 4, seed: int = 0) 
     Every prior is decoded (means and draws in one batch, as in distillation and evaluation: the
     decoder's batch norm uses the batch's statistics); the first prior of each class is shown.
     """
-    from .decoder import decode_with_means
-    from .distill.d3 import load_decoder
+    from ..decoder import decode_with_means, load_decoder
     decoder = load_decoder(syn, dataset.channels, dataset.im_size)
     lpc = syn.meta["lpc"]
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Figures of notebook 04 (subtask decomposition): cost against the number of subtasks S (wall
 time, peak memory), accuracy and storage against S, and the accuracy on each subtask's classes.
 
-Each function takes the tables of `ddcore.federated_experiment` and returns a matplotlib Figure.
+Each function takes the tables of `ddcore.studies.federated_experiment` and returns a matplotlib Figure.
 """
 from __future__ import annotations
 

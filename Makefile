@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddcore-installed
 PROFILE ?= cpu
 
-.PHONY: install reproduce notebooks test test-lib test-notebooks lab bench clean
+.PHONY: install reproduce notebooks test lint test-lib test-notebooks lab bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +19,11 @@ reproduce: $(STAMP)  ## run every notebook with the $(PROFILE) profile into resu
 notebooks: $(STAMP)  ## re-execute the committed notebooks (their defaults) in place; figures into figures/
 	$(PY) -m ddcore.reproduce --in-place
 
-test: test-lib test-notebooks  ## the library's tests, then nbval on every notebook
+test: lint test-lib test-notebooks  ## lint, the library's tests, then nbval on every notebook
+
+lint: $(STAMP)  ## ruff: lint and format check (config in pyproject.toml)
+	$(VENV)/bin/ruff check ddcore tests bench
+	$(VENV)/bin/ruff format --check ddcore tests bench
 
 test-lib: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -12,6 +12,7 @@ Workloads: train_network for 1 epoch (TrainConfig() defaults, DSA) on ipc real m
 class, ipc 10 and 50, ConvNet-3 width 128; and dm at ipc 10 (256 real per class), both the median
 of 7 after one warm-up. Prints the median over rounds of each variant's medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,17 @@ import subprocess
 import sys
 import time
 
-VARIANTS = {"stock": {"fuse": False, "malloc": "default"}, "fused": {"fuse": True, "malloc": "default"},
-            "heap": {"fuse": False, "malloc": "heap"}, "both": {"fuse": True, "malloc": "heap"}}
+VARIANTS = {
+    "stock": {"fuse": False, "malloc": "default"},
+    "fused": {"fuse": True, "malloc": "default"},
+    "heap": {"fuse": False, "malloc": "heap"},
+    "both": {"fuse": True, "malloc": "heap"},
+}
 
 
 def worker(fuse: bool, threads: int) -> dict:
     import torch
+
     import ddcore.models
     from ddcore.augment import dsa_for
     from ddcore.data import load_dataset
@@ -35,6 +41,7 @@ def worker(fuse: bool, threads: int) -> dict:
     from ddcore.distill.common import Run, fresh_net, init_synthetic
     from ddcore.models import ModelConfig
     from ddcore.train import TrainConfig, train_network
+
     torch.set_num_threads(threads)
     if hasattr(ddcore.models, "FUSE_FIRST_BLOCK"):
         ddcore.models.FUSE_FIRST_BLOCK = fuse
@@ -51,8 +58,16 @@ def worker(fuse: bool, threads: int) -> dict:
             seconds.append(time.perf_counter() - start)
         out[f"eval ipc {ipc}"] = statistics.median(seconds[1:])
     seconds = []
-    distill("dm", data, 10, seed=0, progress=False, iterations=8, model=ModelConfig(width=128),
-            on_iteration=lambda it, loss, s: seconds.append(s))
+    distill(
+        "dm",
+        data,
+        10,
+        seed=0,
+        progress=False,
+        iterations=8,
+        model=ModelConfig(width=128),
+        on_iteration=lambda it, loss, s: seconds.append(s),
+    )
     out["dm ipc 10"] = statistics.median(seconds[1:])
     return out
 
@@ -72,12 +87,19 @@ def main() -> None:
             env = {**os.environ, "DDCORE_MALLOC": v["malloc"]}
             if "path" in v:
                 env["PYTHONPATH"] = v["path"]
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps({"fuse": v["fuse"], "threads": args.threads})]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                json.dumps({"fuse": v["fuse"], "threads": args.threads}),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=v.get("path"), check=True)
             results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     keys = list(results["both"][0])
-    print(f"{args.threads} threads, {args.rounds} rounds; seconds (median over rounds of medians of 7), "
-          "and stock / variant")
+    print(
+        f"{args.threads} threads, {args.rounds} rounds; seconds (median over rounds of medians of 7), "
+        "and stock / variant"
+    )
     print(f"{'variant':<8}" + "".join(f"{k:>22}" for k in keys))
     stock = {k: statistics.median(r[k] for r in results["stock"]) for k in keys}
     for name, rounds in results.items():

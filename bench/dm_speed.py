@@ -5,6 +5,7 @@ the field's reference code, measured side by side in one run (medians of --repea
 
 Run it on an otherwise idle machine: two torch processes on two cores slow each other many-fold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,10 @@ def main():
             step(run, model, syn, labels, class_indices(run), dsa, gen, opt, args.batch_real)
             if r:
                 times[name].append(time.perf_counter() - start)
-    print(f"DM iteration, mnist5k, ipc {args.ipc}, {args.batch_real} real/class, ConvNet-3 width {args.width}, "
-          f"DSA on, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"DM iteration, mnist5k, ipc {args.ipc}, {args.batch_real} real/class, ConvNet-3 width {args.width}, "
+        f"DSA on, {args.threads} threads, median of {args.repeats}"
+    )
     print(f"conv+linear work per iteration: {flops / 1e9:.0f} GFLOP")
     base = statistics.median(times["per-class loop (reference style)"])
     for name, ts in times.items():

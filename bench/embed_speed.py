@@ -8,6 +8,7 @@ Each repeat times the two functions back to back, so load from other processes h
 the table gives medians (and minima), their ratio and the conv GFLOP/s achieved, counting
 2 * 9 * cin * cout * Hout * Wout per image for each conv (twice that for forward + backward).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,24 +72,26 @@ def main() -> None:
     if args.chunk:
         fastpath.CHUNK = args.chunk
     gen = torch.Generator().manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, chunk {fastpath.CHUNK}, "
-          f"median (min) of {args.repeats}")
-    print(f"{'input':>9} {'batch':>14} {'embed s':>14} {'fastpath s':>14} {'ratio':>6} "
-          f"{'GF/s embed':>10} {'GF/s fast':>9} {'max|diff|/max|ref|':>18}")
+    print(f"torch {torch.__version__}, {args.threads} threads, chunk {fastpath.CHUNK}, median (min) of {args.repeats}")
+    print(
+        f"{'input':>9} {'batch':>14} {'embed s':>14} {'fastpath s':>14} {'ratio':>6} "
+        f"{'GF/s embed':>10} {'GF/s fast':>9} {'max|diff|/max|ref|':>18}"
+    )
     for channels, size in [(1, 28), (3, 32)]:
         torch.manual_seed(0)
         net = ConvNet(channels, 10, (size, size)).requires_grad_(False)
-        for name, n, task, passes in [("real no-grad", 2560, real_pass, 1),
-                                      ("syn fwd+bwd", 100, syn_pass, 2)]:
+        for name, n, task, passes in [("real no-grad", 2560, real_pass, 1), ("syn fwd+bwd", 100, syn_pass, 2)]:
             images = torch.randn(n, channels, size, size, generator=gen)
             ref, fast = task(lambda n_, x: n_.embed(x), net, images), task(fastpath.embed, net, images)
             err = ((ref - fast).abs().max() / ref.abs().max()).item()
             base, new = time_pair(task, net, images, args.repeats)
             gflop = passes * conv_flops(net, images) / 1e9
             mb, mn = statistics.median(base), statistics.median(new)
-            print(f"{channels}x{size}x{size} {name:>14} {mb:7.3f} ({min(base):.3f}) "
-                  f"{mn:7.3f} ({min(new):.3f}) {mb / mn:6.2f} {gflop / mb:10.0f} {gflop / mn:9.0f} "
-                  f"{err:18.1e}")
+            print(
+                f"{channels}x{size}x{size} {name:>14} {mb:7.3f} ({min(base):.3f}) "
+                f"{mn:7.3f} ({min(new):.3f}) {mb / mn:6.2f} {gflop / mb:10.0f} {gflop / mn:9.0f} "
+                f"{err:18.1e}"
+            )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ that raises gives a row whose status holds the error, and the run goes on.
 16 real per class, DC loops 2 x 2, syn_steps 2, a 2-epoch expert, 1 warm-up and 2 timed
 iterations; the accuracy check with 5 DM iterations and 2 students of 3 epochs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,9 +61,11 @@ from run import random_cifar10  # noqa: E402  (bench/run.py: CIFAR-10's shape, N
 
 METHODS = ("dm", "dc", "mtt", "d3")
 PARTS = METHODS + ("eval", "accuracy")
-CONFIGS = {"a": AccelConfig(),
-           "b": AccelConfig(amp="bf16", channels_last=True),
-           "c": AccelConfig(amp="bf16", channels_last=True, compile=True)}
+CONFIGS = {
+    "a": AccelConfig(),
+    "b": AccelConfig(amp="bf16", channels_last=True),
+    "c": AccelConfig(amp="bf16", channels_last=True, compile=True),
+}
 # configurations timed per part; "b+batched" is b with DCConfig(batch_classes=True) (one vmap pass)
 PART_CONFIGS = {"eval": ("a", "b", "c"), "dc": ("a", "b", "b+batched")}
 
@@ -70,23 +73,37 @@ PART_CONFIGS = {"eval": ("a", "b", "c"), "dc": ("a", "b", "b+batched")}
 @dataclass
 class Settings:
     """What one run measures: the full check, or --tiny's smoke test."""
-    width: int = 128          # ConvNet-3 width of every network
+
+    width: int = 128  # ConvNet-3 width of every network
     ipc: int = 10
-    per_class: int = 300      # random CIFAR-shaped training images per class
-    batch_real: int = 256     # real images per class per iteration
+    per_class: int = 300  # random CIFAR-shaped training images per class
+    batch_real: int = 256  # real images per class per iteration
     dc_loops: tuple[int, int] | None = None  # None: the reference's (outer, inner) for the ipc
-    syn_steps: int = 10       # mtt, d3
-    expert_epochs: int = 4    # one expert; targets `ahead` epochs after starts 0..epochs - ahead
+    syn_steps: int = 10  # mtt, d3
+    expert_epochs: int = 4  # one expert; targets `ahead` epochs after starts 0..epochs - ahead
     ahead: int = 2
     warmup: int = 2
     repeats: int = 5
     acc_iterations: int = 200  # the accuracy check's DM iterations
-    acc_epochs: int = 300      # and its students
+    acc_epochs: int = 300  # and its students
     acc_nets: int = 3
 
 
-TINY = Settings(width=8, ipc=2, per_class=20, batch_real=16, dc_loops=(2, 2), syn_steps=2, expert_epochs=2,
-                ahead=1, warmup=1, repeats=2, acc_iterations=5, acc_epochs=3, acc_nets=2)
+TINY = Settings(
+    width=8,
+    ipc=2,
+    per_class=20,
+    batch_real=16,
+    dc_loops=(2, 2),
+    syn_steps=2,
+    expert_epochs=2,
+    ahead=1,
+    warmup=1,
+    repeats=2,
+    acc_iterations=5,
+    acc_epochs=3,
+    acc_nets=2,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -106,16 +123,22 @@ def method_options(method: str, s: Settings, experts_dir: Path) -> dict:
     if method == "dc":
         outer, inner = s.dc_loops or (None, None)  # None: DCConfig's reference loops for the ipc
         return dict(iterations=iterations, batch_real=s.batch_real, model=model, outer_loop=outer, inner_loop=inner)
-    trajectory = dict(iterations=iterations, syn_steps=s.syn_steps, experts=experts_config(s),
-                      experts_dir=str(experts_dir), max_start_epoch=s.expert_epochs - s.ahead,
-                      expert_epochs=s.ahead)
+    trajectory = dict(
+        iterations=iterations,
+        syn_steps=s.syn_steps,
+        experts=experts_config(s),
+        experts_dir=str(experts_dir),
+        max_start_epoch=s.expert_epochs - s.ahead,
+        expert_epochs=s.ahead,
+    )
     if method == "mtt":
         return trajectory
     return dict(trajectory, batch_real=s.batch_real, soft_labels=False)
 
 
-def time_method(method: str, data: Dataset, accel: AccelConfig, s: Settings, device: torch.device,
-                experts_dir: Path, **extra) -> list[float]:
+def time_method(
+    method: str, data: Dataset, accel: AccelConfig, s: Settings, device: torch.device, experts_dir: Path, **extra
+) -> list[float]:
     """Seconds of each timed iteration: differences of synchronised stamps taken after each one."""
     stamps = []
 
@@ -123,9 +146,19 @@ def time_method(method: str, data: Dataset, accel: AccelConfig, s: Settings, dev
         _sync(device)
         stamps.append(time.perf_counter())
 
-    distill(method, data, s.ipc, seed=0, device=device, progress=False, on_iteration=stamp, accel=accel,
-            **method_options(method, s, experts_dir), **extra)
-    return [b - a for a, b in zip(stamps[s.warmup - 1:], stamps[s.warmup:])]
+    distill(
+        method,
+        data,
+        s.ipc,
+        seed=0,
+        device=device,
+        progress=False,
+        on_iteration=stamp,
+        accel=accel,
+        **method_options(method, s, experts_dir),
+        **extra,
+    )
+    return [b - a for a, b in zip(stamps[s.warmup - 1 :], stamps[s.warmup :])]
 
 
 def time_eval(data: Dataset, accel: AccelConfig, s: Settings, device: torch.device) -> list[float]:
@@ -142,7 +175,7 @@ def time_eval(data: Dataset, accel: AccelConfig, s: Settings, device: torch.devi
             train_network(net, images, labels, cfg, dsa, gen)
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    return seconds[s.warmup:]
+    return seconds[s.warmup :]
 
 
 def speed_rows(parts: list[str], s: Settings, device: torch.device, out: Path) -> list[dict]:
@@ -155,8 +188,11 @@ def speed_rows(parts: list[str], s: Settings, device: torch.device, out: Path) -
             print(f"timing {method} {name} ...", file=sys.stderr, flush=True)
             accel, extra = CONFIGS[name.split("+")[0]], ({"batch_classes": True} if name.endswith("+batched") else {})
             try:
-                t = (time_eval(data, accel, s, device) if method == "eval"
-                     else time_method(method, data, accel, s, device, experts_dir, **extra))
+                t = (
+                    time_eval(data, accel, s, device)
+                    if method == "eval"
+                    else time_method(method, data, accel, s, device, experts_dir, **extra)
+                )
                 row = {"status": "ok", "median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
             except Exception as err:  # one failing option must not cost the rest of a GPU session
                 traceback.print_exc()
@@ -179,12 +215,26 @@ def accuracy_rows(s: Settings, device: torch.device) -> list[dict]:
         accel = CONFIGS[name]
         try:
             start = time.perf_counter()
-            syn = distill("dm", data, s.ipc, seed=0, device=device, progress=False, accel=accel,
-                          iterations=s.acc_iterations, model=model)
+            syn = distill(
+                "dm",
+                data,
+                s.ipc,
+                seed=0,
+                device=device,
+                progress=False,
+                accel=accel,
+                iterations=s.acc_iterations,
+                model=model,
+            )
             cfg = EvalConfig(model=model, train=TrainConfig(epochs=s.acc_epochs), num_nets=s.acc_nets, accel=accel)
             summary = summarize(evaluate_synthetic(syn, data, cfg, seed=0, device=device)).iloc[0]
-            row = {"status": "ok", "accuracy_mean": summary["accuracy_mean"], "accuracy_std": summary["accuracy_std"],
-                   "nets": int(summary["nets"]), "seconds": time.perf_counter() - start}
+            row = {
+                "status": "ok",
+                "accuracy_mean": summary["accuracy_mean"],
+                "accuracy_std": summary["accuracy_std"],
+                "nets": int(summary["nets"]),
+                "seconds": time.perf_counter() - start,
+            }
         except Exception as err:
             traceback.print_exc()
             row = {"status": f"error: {type(err).__name__}: {err}"[:300]}
@@ -196,15 +246,20 @@ def print_tables(rows: list[dict], device_name: str) -> None:
     print(f"\n{device_name}: seconds per iteration (median), iterations/s and speed-up over fp32 (a)")
     print(f"{'method':<8}{'config':<8}{'median_s':>10}{'it/s':>10}{'speed-up':>10}  status")
     for r in (r for r in rows if r["table"] == "speed"):
-        fmt = lambda k, f: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
-        print(f"{r['method']:<8}{r['config']:<8}{fmt('median_s', '.4f'):>10}{fmt('it_per_s', '.2f'):>10}"
-              f"{fmt('speedup', '.2f'):>10}  {r['status']}")
+        fmt = lambda k, f, r=r: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
+        print(
+            f"{r['method']:<8}{r['config']:<8}{fmt('median_s', '.4f'):>10}{fmt('it_per_s', '.2f'):>10}"
+            f"{fmt('speedup', '.2f'):>10}  {r['status']}"
+        )
     acc = [r for r in rows if r["table"] == "accuracy"]
     if acc:
         print("\nDM on mnist5k, test accuracy of the students (percent, mean +- std over nets)")
         for r in acc:
-            value = (f"{r['accuracy_mean']:.1f} +- {r['accuracy_std']:.1f} ({r['nets']} nets, {r['seconds']:.0f} s)"
-                     if r["status"] == "ok" else r["status"])
+            value = (
+                f"{r['accuracy_mean']:.1f} +- {r['accuracy_std']:.1f} ({r['nets']} nets, {r['seconds']:.0f} s)"
+                if r["status"] == "ok"
+                else r["status"]
+            )
             print(f"  {r['config']} {r['accel']}: {value}")
     print("configs: " + "; ".join(f"{k} = {v!r}" for k, v in CONFIGS.items()))
 
@@ -232,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     device, s, out = resolve_device(args.device), TINY if args.tiny else Settings(), Path(args.out)
     if device.type == "cpu":  # one compile worker: the CPU may be shared with other jobs
         import torch._inductor.config as inductor_config
+
         inductor_config.compile_threads = 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     began = time.perf_counter()

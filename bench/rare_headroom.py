@@ -11,6 +11,7 @@ better can show it, and one that covers it worse can too.
 
 Writes results/headroom/<dataset>_w<width>_e<epochs>.csv (one row per transform, fraction, subset seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,18 @@ def headroom_rows(dataset, transform, fraction, ipc, seeds, cfg) -> list[dict]:
     for seed in seeds:
         syn = distill("random", rare, ipc, seed=seed, progress=False)
         df = evaluate_synthetic(syn, rare, cfg, seed=seed, test_groups=test_groups)
-        rows += [{"transform": transform, "fraction": fraction, "ipc": ipc, "subset_seed": seed,
-                  "common": r.group_0, "rare": r.group_1, "average": r.accuracy} for r in df.itertuples()]
+        rows += [
+            {
+                "transform": transform,
+                "fraction": fraction,
+                "ipc": ipc,
+                "subset_seed": seed,
+                "common": r.group_0,
+                "rare": r.group_1,
+                "average": r.accuracy,
+            }
+            for r in df.itertuples()
+        ]
     return rows
 
 
@@ -58,8 +69,11 @@ def main():
             rows += headroom_rows(data, transform, fraction, args.ipc, args.seeds, cfg)
             df = pd.DataFrame(rows)
             last = df[(df["transform"] == transform) & (df["fraction"] == fraction)]
-            print(f"{transform} {fraction}: common {100 * last.common.mean():.1f} rare {100 * last.rare.mean():.1f} "
-                  f"(+- {100 * last.rare.std():.1f})", flush=True)
+            print(
+                f"{transform} {fraction}: common {100 * last.common.mean():.1f} rare {100 * last.rare.mean():.1f} "
+                f"(+- {100 * last.rare.std():.1f})",
+                flush=True,
+            )
     out = Path("results/headroom")
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / f"{args.dataset}_w{args.width}_e{args.epochs}.csv", index=False)

@@ -15,6 +15,7 @@ the matching target, RobustConfig(dc_risk='target')); dc+network (the paper's ne
 Rows go to <cache>/rows.jsonl (one per cell, students' metrics as lists); runs resume from
 checkpoints and cached sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,32 +36,50 @@ from ddcore.train import TrainConfig
 
 VARIANTS = {
     "dm": ("dm", None),
-    "dm+cm": ("dm", RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.8,
-                                 dm_objective="cluster_means")),
-    "dm+dl": ("dm", RobustConfig(clustering="synthetic", alpha=0.8, dm_objective="double_layer",
-                                 robust_weight=0.1)),
+    "dm+cm": ("dm", RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.8, dm_objective="cluster_means")),
+    "dm+dl": ("dm", RobustConfig(clustering="synthetic", alpha=0.8, dm_objective="double_layer", robust_weight=0.1)),
     "dm+default": ("dm", RobustConfig()),
     "dc": ("dc", None),
     "dc+target": ("dc", RobustConfig(dc_risk="target")),
     "dc+network": ("dc", RobustConfig(dc_risk="network")),
 }
-METRICS = ("accuracy", "common_group_accuracy", "rare_group_accuracy", "worst_group_accuracy",
-           "cluster_min_accuracy", "cluster_mean_accuracy")
+METRICS = (
+    "accuracy",
+    "common_group_accuracy",
+    "rare_group_accuracy",
+    "worst_group_accuracy",
+    "cluster_min_accuracy",
+    "cluster_mean_accuracy",
+)
 
 
 def distill_cell(label, bench, ipc, seed, args, cache: Path) -> SyntheticSet:
     method, robust = VARIANTS[label]
     iterations = args.dm_iterations if method == "dm" else args.dc_iterations
-    options = {"iterations": iterations, "model": ModelConfig(width=args.width), "batch_real": args.batch_real,
-               "robust": robust}
+    options = {
+        "iterations": iterations,
+        "model": ModelConfig(width=args.width),
+        "batch_real": args.batch_real,
+        "robust": robust,
+    }
     stem = cache / f"{bench.dataset.name}_{label}_ipc{ipc}_seed{seed}_w{args.width}_it{iterations}"
     if stem.with_suffix(".safetensors").exists():
         return SyntheticSet.load(stem.with_suffix(".safetensors"))
     losses = []
     start = time.perf_counter()
-    syn = distill(method, bench.dataset, ipc, seed=seed, progress=False, checkpoint=stem.with_suffix(".ckpt"),
-                  checkpoint_every=10, resume=True, snapshots=(0,),
-                  on_iteration=lambda it, loss, s: losses.append((it, loss)), **options)
+    syn = distill(
+        method,
+        bench.dataset,
+        ipc,
+        seed=seed,
+        progress=False,
+        checkpoint=stem.with_suffix(".ckpt"),
+        checkpoint_every=10,
+        resume=True,
+        snapshots=(0,),
+        on_iteration=lambda it, loss, s: losses.append((it, loss)),
+        **options,
+    )
     syn.meta["seconds"] = time.perf_counter() - start
     syn.meta["losses"] = losses  # a resumed run holds only the iterations after its checkpoint
     syn.save(stem.with_suffix(".safetensors"))
@@ -89,8 +108,7 @@ def main():
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     bench = make_benchmarks(load_dataset(args.dataset), args.fraction, args.transform)["rare"]
-    cfg = EvalConfig(model=ModelConfig(width=args.width), train=TrainConfig(epochs=args.epochs),
-                     num_nets=args.students)
+    cfg = EvalConfig(model=ModelConfig(width=args.width), train=TrainConfig(epochs=args.epochs), num_nets=args.students)
     for ipc in args.ipc:
         for seed in args.seeds:
             for label in args.variants:
@@ -99,18 +117,29 @@ def main():
                 df = evaluate_cell(syn, bench, cfg, seed=seed, corruptions=())
                 moved = (syn.images - syn.snapshot(0).images).flatten(1).norm(dim=1)
                 start_norm = syn.snapshot(0).images.flatten(1).norm(dim=1)
-                record = {"benchmark": bench.dataset.name, "variant": label, "ipc": ipc, "seed": seed,
-                          "width": args.width, "epochs": args.epochs, "batch_real": args.batch_real,
-                          "iterations": syn.meta["config"]["iterations"],
-                          "moved_relative": float((moved / start_norm).mean()),
-                          "losses": syn.meta.get("losses", []), "distill_seconds": syn.meta.get("seconds"),
-                          "eval_seconds": time.perf_counter() - start,
-                          **{m: df[m].tolist() for m in METRICS}}
+                record = {
+                    "benchmark": bench.dataset.name,
+                    "variant": label,
+                    "ipc": ipc,
+                    "seed": seed,
+                    "width": args.width,
+                    "epochs": args.epochs,
+                    "batch_real": args.batch_real,
+                    "iterations": syn.meta["config"]["iterations"],
+                    "moved_relative": float((moved / start_norm).mean()),
+                    "losses": syn.meta.get("losses", []),
+                    "distill_seconds": syn.meta.get("seconds"),
+                    "eval_seconds": time.perf_counter() - start,
+                    **{m: df[m].tolist() for m in METRICS},
+                }
                 with open(cache / "rows.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-                print(f"{label} ipc {ipc} seed {seed}: " + ", ".join(
-                    f"{m} {100 * df[m].mean():.1f}" for m in METRICS[:3] + ("cluster_min_accuracy",))
-                      + f"; moved {record['moved_relative']:.2f}", flush=True)
+                print(
+                    f"{label} ipc {ipc} seed {seed}: "
+                    + ", ".join(f"{m} {100 * df[m].mean():.1f}" for m in METRICS[:3] + ("cluster_min_accuracy",))
+                    + f"; moved {record['moved_relative']:.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

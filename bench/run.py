@@ -68,6 +68,7 @@ figures/bench_<device>.png (+ .json, the settings) of seconds per iteration agai
 width 32, 64 real images per class, DC loops capped at 2 x 2, syn_steps 2, 2 repeats, matmul
 1024^2 median of 3; its CSV and figure go to <out>/bench_<device>_quick.*.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,18 +112,19 @@ EXPERT_EPOCHS, EXPERT_AHEAD = 4, 2  # experts of 4 epochs; targets 2 epochs ahea
 @dataclass(frozen=True)
 class Workload:
     """One row: what is timed, at which settings."""
-    table: str                     # main (time against ipc) | memory (mtt, d3 against syn_steps)
-    method: str                    # one of METHODS
-    shape: str                     # one of SHAPES
+
+    table: str  # main (time against ipc) | memory (mtt, d3 against syn_steps)
+    method: str  # one of METHODS
+    shape: str  # one of SHAPES
     ipc: int
     width: int = 128
-    batch_real: int = 256          # real images per class per draw
+    batch_real: int = 256  # real images per class per draw
     outer_loop: int | None = None  # dc, dc+robust: the outer steps timed (see dc_outer_cap)
     reference_outer: int | None = None  # the reference's outer loop, when the timed one is capped
     inner_loop: int | None = None
-    syn_steps: int | None = None   # mtt, d3
-    batch_syn: int | None = None   # mtt, d3: synthetic images per student step; None: all
-    samples_per_prior: int = 1     # d3
+    syn_steps: int | None = None  # mtt, d3
+    batch_syn: int | None = None  # mtt, d3: synthetic images per student step; None: all
+    samples_per_prior: int = 1  # d3
     robust_chunk: int | None = None  # dc+robust: RobustConfig.chunk_size (images per pass of its robust step)
     warmup: int = 1
     repeats: int = 5
@@ -131,32 +133,33 @@ class Workload:
 @dataclass
 class Settings:
     """What one run of this script measures; parse_settings fills it from the command line."""
-    device: str = "cpu"                    # cpu | cuda
-    quick: bool = False                    # a smoke test of the script (see the module docstring)
-    methods: tuple[str, ...] = METHODS     # --only
+
+    device: str = "cpu"  # cpu | cuda
+    quick: bool = False  # a smoke test of the script (see the module docstring)
+    methods: tuple[str, ...] = METHODS  # --only
     shapes: tuple[str, ...] = tuple(SHAPES)
     ipcs: tuple[int, ...] = (1, 10, 50)
-    width: int = 128                       # ConvNet-3 width, for every network
-    batch_real: int = 256                  # real images per class
-    warmup: int = 1                        # iterations run and dropped before the timed ones
-    repeats: int = 5                       # timed iterations (fewer for long ones, below)
-    long_gflop: float = 1_000.0            # iterations above this: 3 repeats (mtt, d3 at ipc 50)
-    heavy_gflop: float = 5_000.0           # above this: 1 timed iteration, no warm-up (dc at ipc >= 10)
-    dc_max_loops: int | None = None        # cap on DC's outer and inner loops (quick)
-    dc_outer_cap: int | None = 2           # DC's timed outer steps at ipc >= 10 (the inner loop is
-                                           # the reference's): a full ipc-50 iteration is 50 of them,
-                                           # about 15 minutes here; est_full_s scales by GFLOP
-    memory_ipc: int = 10                   # the memory table's ipc, syn_steps and bounded batch_syn
+    width: int = 128  # ConvNet-3 width, for every network
+    batch_real: int = 256  # real images per class
+    warmup: int = 1  # iterations run and dropped before the timed ones
+    repeats: int = 5  # timed iterations (fewer for long ones, below)
+    long_gflop: float = 1_000.0  # iterations above this: 3 repeats (mtt, d3 at ipc 50)
+    heavy_gflop: float = 5_000.0  # above this: 1 timed iteration, no warm-up (dc at ipc >= 10)
+    dc_max_loops: int | None = None  # cap on DC's outer and inner loops (quick)
+    dc_outer_cap: int | None = 2  # DC's timed outer steps at ipc >= 10 (the inner loop is
+    # the reference's): a full ipc-50 iteration is 50 of them,
+    # about 15 minutes here; est_full_s scales by GFLOP
+    memory_ipc: int = 10  # the memory table's ipc, syn_steps and bounded batch_syn
     memory_steps: tuple[int, ...] = (5, 10, 20)
     memory_batch_syn: int = 20
-    robust_chunk: int = 256                # the memory table's dc+robust row: RobustConfig(chunk_size=...)
+    robust_chunk: int = 256  # the memory table's dc+robust row: RobustConfig(chunk_size=...)
     threads: int = field(default_factory=torch.get_num_threads)
-    matmul_n: int = 2048                   # the reference matmul is n x n by n x n, fp32
+    matmul_n: int = 2048  # the reference matmul is n x n by n x n, fp32
     matmul_repeats: int = 7
-    out: str = "results/bench"             # CSV, the workers' data files, the experts
-    figure: str = ""                       # set by parse_settings from device and quick
-    list_only: bool = False                # --list: print the plan, time nothing
-    plot_only: str | None = None           # --plot-only CSV: redraw the figure, time nothing
+    out: str = "results/bench"  # CSV, the workers' data files, the experts
+    figure: str = ""  # set by parse_settings from device and quick
+    list_only: bool = False  # --list: print the plan, time nothing
+    plot_only: str | None = None  # --plot-only CSV: redraw the figure, time nothing
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -170,16 +173,39 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--repeats", type=int, default=None, help="timed iterations per workload (5; quick 2)")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=None, help="a subset of the shapes")
     p.add_argument("--ipcs", nargs="+", type=int, default=None, help="a subset of the ipcs (default 1 10 50)")
-    p.add_argument("--dc-outer-cap", type=int, default=2,
-                   help="outer steps timed of DC's ipc >= 10 iterations (0: the reference's, 15+ min each)")
+    p.add_argument(
+        "--dc-outer-cap",
+        type=int,
+        default=2,
+        help="outer steps timed of DC's ipc >= 10 iterations (0: the reference's, 15+ min each)",
+    )
     p.add_argument("--plot-only", metavar="CSV", help="redraw the figure from a CSV this script wrote")
     p.add_argument("--list", action="store_true", help="print the workloads and their GFLOP, time nothing")
     args = p.parse_args(argv)
-    s = Settings(plot_only=args.plot_only, device=args.device, quick=args.quick, methods=tuple(args.only), threads=args.threads,
-                 out=args.out, list_only=args.list, dc_outer_cap=args.dc_outer_cap or None, matmul_n=4096 if args.device == "cuda" else 2048)
+    s = Settings(
+        plot_only=args.plot_only,
+        device=args.device,
+        quick=args.quick,
+        methods=tuple(args.only),
+        threads=args.threads,
+        out=args.out,
+        list_only=args.list,
+        dc_outer_cap=args.dc_outer_cap or None,
+        matmul_n=4096 if args.device == "cuda" else 2048,
+    )
     if args.quick:
-        s = dataclasses.replace(s, shapes=("mnist5k",), ipcs=(1, 10), width=32, batch_real=64, repeats=2,
-                                dc_max_loops=2, memory_steps=(2,), matmul_n=1024, matmul_repeats=3)
+        s = dataclasses.replace(
+            s,
+            shapes=("mnist5k",),
+            ipcs=(1, 10),
+            width=32,
+            batch_real=64,
+            repeats=2,
+            dc_max_loops=2,
+            memory_steps=(2,),
+            matmul_n=1024,
+            matmul_repeats=3,
+        )
     for name in ("repeats", "shapes", "ipcs"):
         if getattr(args, name) is not None:
             value = getattr(args, name)
@@ -196,8 +222,16 @@ def random_cifar10(per_class: int = 300, seed: int = 0) -> Dataset:
     images = torch.randn(NUM_CLASSES * (per_class + 10), 3, 32, 32, generator=gen)
     labels = torch.arange(NUM_CLASSES).repeat(per_class + 10)
     cut = NUM_CLASSES * per_class
-    return Dataset("cifar10_random", images[:cut], labels[:cut], images[cut:], labels[cut:],
-                   [f"class_{c}" for c in range(NUM_CLASSES)], (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+    return Dataset(
+        "cifar10_random",
+        images[:cut],
+        labels[:cut],
+        images[cut:],
+        labels[cut:],
+        [f"class_{c}" for c in range(NUM_CLASSES)],
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+    )
 
 
 def make_dataset(shape: str) -> Dataset:
@@ -243,8 +277,18 @@ def build_plan(s: Settings) -> list[Workload]:
         for m in (m for m in ("mtt", "d3") if m in s.methods):
             for steps in s.memory_steps:
                 for batch_syn in (None, s.memory_batch_syn):
-                    plan.append(_row(s, "memory", m, shape, s.memory_ipc, syn_steps=steps,
-                                     batch_syn=batch_syn, repeats=min(s.repeats, 3)))
+                    plan.append(
+                        _row(
+                            s,
+                            "memory",
+                            m,
+                            shape,
+                            s.memory_ipc,
+                            syn_steps=steps,
+                            batch_syn=batch_syn,
+                            repeats=min(s.repeats, 3),
+                        )
+                    )
         if "dc+robust" in s.methods:  # its robust step trains on all 10 x batch_real images at once
             plan.append(_row(s, "memory", "dc+robust", shape, max(s.ipcs), robust_chunk=s.robust_chunk))
     return plan
@@ -256,16 +300,28 @@ def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
     if w.method == "dm":
         return "dm", dict(iterations=iterations, batch_real=w.batch_real, model=model, dsa=True)
     if w.method in ("dc", "dc+robust"):
-        return "dc", dict(iterations=iterations, batch_real=w.batch_real, model=model, dsa=True,
-                          outer_loop=w.outer_loop, inner_loop=w.inner_loop,
-                          robust=RobustConfig(chunk_size=w.robust_chunk) if w.method == "dc+robust" else None)
-    trajectory = dict(iterations=iterations, syn_steps=w.syn_steps, batch_syn=w.batch_syn, dsa=True,
-                      experts=bench_experts(w.width), experts_dir=experts_dir,
-                      max_start_epoch=EXPERT_EPOCHS - EXPERT_AHEAD, expert_epochs=EXPERT_AHEAD)
+        return "dc", dict(
+            iterations=iterations,
+            batch_real=w.batch_real,
+            model=model,
+            dsa=True,
+            outer_loop=w.outer_loop,
+            inner_loop=w.inner_loop,
+            robust=RobustConfig(chunk_size=w.robust_chunk) if w.method == "dc+robust" else None,
+        )
+    trajectory = dict(
+        iterations=iterations,
+        syn_steps=w.syn_steps,
+        batch_syn=w.batch_syn,
+        dsa=True,
+        experts=bench_experts(w.width),
+        experts_dir=experts_dir,
+        max_start_epoch=EXPERT_EPOCHS - EXPERT_AHEAD,
+        expert_epochs=EXPERT_AHEAD,
+    )
     if w.method == "mtt":
         return "mtt", trajectory
-    return "d3", dict(trajectory, batch_real=w.batch_real, samples_per_prior=w.samples_per_prior,
-                      soft_labels=False)
+    return "d3", dict(trajectory, batch_real=w.batch_real, samples_per_prior=w.samples_per_prior, soft_labels=False)
 
 
 # --- FLOPs -----------------------------------------------------------------------------------
@@ -280,15 +336,18 @@ class _EmbedOnly(nn.Module):
         return self.net.embed(x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def per_image_flops(shape: str, width: int) -> dict[str, int]:
     """count_flops of one image: forward, embed, first conv; and of one decoded image (D3)."""
     channels, im_size = SHAPES[shape]
     net, x = ConvNet(channels, NUM_CLASSES, im_size, width=width), torch.zeros(1, channels, *im_size)
     decoder = Decoder(DecoderConfig(), channels, im_size)
-    return {"forward": count_flops(net, x), "embed": count_flops(_EmbedOnly(net), x),
-            "first": count_flops(net.features[0], x),
-            "decoder": count_flops(decoder, torch.zeros(2, DecoderConfig().latent_dim)) // 2}
+    return {
+        "forward": count_flops(net, x),
+        "embed": count_flops(_EmbedOnly(net), x),
+        "first": count_flops(net.features[0], x),
+        "decoder": count_flops(decoder, torch.zeros(2, DecoderConfig().latent_dim)) // 2,
+    }
 
 
 def iteration_flops(w: Workload, f: dict[str, int], real_per_class: int | None = None) -> int:
@@ -331,16 +390,24 @@ def matmul_gflops(device: torch.device, n: int, repeats: int = 7) -> float:
         _sync(device)
         if r >= 2:
             times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def time_distill(w: Workload, data: Dataset, device: torch.device, experts_dir: str) -> list[float]:
     """Seconds of each timed iteration of the method's own loop (after the warm-up ones)."""
     seconds = []
     method, options = method_options(w, experts_dir)
-    distill(method, data, w.ipc, seed=0, device=device, progress=False,
-            on_iteration=lambda it, loss, s: seconds.append(s), **options)
-    return seconds[w.warmup:]
+    distill(
+        method,
+        data,
+        w.ipc,
+        seed=0,
+        device=device,
+        progress=False,
+        on_iteration=lambda it, loss, s: seconds.append(s),
+        **options,
+    )
+    return seconds[w.warmup :]
 
 
 def time_eval(w: Workload, data: Dataset, device: torch.device) -> list[float]:
@@ -356,7 +423,7 @@ def time_eval(w: Workload, data: Dataset, device: torch.device) -> list[float]:
         train_network(net, images, labels, cfg, dsa, gen)
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    return seconds[w.warmup:]
+    return seconds[w.warmup :]
 
 
 def time_eval_side_by_side(w: Workload, data: Dataset, device: torch.device) -> list[float]:
@@ -372,7 +439,7 @@ def time_eval_side_by_side(w: Workload, data: Dataset, device: torch.device) -> 
         train_side_by_side(nets, data_k, TrainConfig(epochs=1), dsa_for(data.name), gens)
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    return seconds[w.warmup:]
+    return seconds[w.warmup :]
 
 
 def _status_mib(key: str) -> float | None:
@@ -388,7 +455,7 @@ def reset_peak(device: torch.device) -> float:
     """Start measuring the peak here; returns the memory in use now (MiB)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2 ** 20
+        return torch.cuda.memory_allocated(device) / 2**20
     try:  # '5' resets VmHWM to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -403,7 +470,7 @@ def peak_mib(device: torch.device) -> float:
     Not ru_maxrss: Linux keeps it across fork and exec, so a worker would report its parent's
     peak (914 MiB in the first --quick runs, for every row)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_allocated(device) / 2**20
     hwm = _status_mib("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -411,14 +478,25 @@ def peak_mib(device: torch.device) -> float:
 def save_data(data: Dataset, path: Path) -> None:
     """The workload's data set, so that each worker reads tensors instead of running a loader."""
     keys = ("images_train", "labels_train", "images_test", "labels_test")
-    save_tensors(path, {k: getattr(data, k) for k in keys},
-                 {"name": data.name, "class_names": data.class_names, "mean": data.mean, "std": data.std})
+    save_tensors(
+        path,
+        {k: getattr(data, k) for k in keys},
+        {"name": data.name, "class_names": data.class_names, "mean": data.mean, "std": data.std},
+    )
 
 
 def load_data(path: str) -> Dataset:
     t, meta = load_tensors(path)
-    return Dataset(meta["name"], t["images_train"], t["labels_train"], t["images_test"], t["labels_test"],
-                   meta["class_names"], tuple(meta["mean"]), tuple(meta["std"]))
+    return Dataset(
+        meta["name"],
+        t["images_train"],
+        t["labels_train"],
+        t["images_test"],
+        t["labels_test"],
+        meta["class_names"],
+        tuple(meta["mean"]),
+        tuple(meta["std"]),
+    )
 
 
 def worker(payload: dict) -> dict:
@@ -436,17 +514,29 @@ def worker(payload: dict) -> dict:
     real_per_class = min(len(i) for i in data.indices_per_class("train"))
     flops = iteration_flops(w, per_image_flops(w.shape, w.width), real_per_class)
     peak = peak_mib(device)  # before the matmul, whose buffers would count otherwise
-    return {"seconds": seconds, "gflop": flops / 1e9, "setup_mib": setup, "peak_mib": peak,
-            "matmul_gflops": matmul_gflops(device, payload["matmul_n"], payload["matmul_repeats"])}
+    return {
+        "seconds": seconds,
+        "gflop": flops / 1e9,
+        "setup_mib": setup,
+        "peak_mib": peak,
+        "matmul_gflops": matmul_gflops(device, payload["matmul_n"], payload["matmul_repeats"]),
+    }
 
 
 def run_workload(w: Workload, s: Settings, data_path: Path, experts_dir: Path) -> dict | str:
     """The worker's measurements, or why it failed (e.g. killed for memory: the run goes on)."""
-    payload = {"workload": dataclasses.asdict(w), "data": str(data_path), "experts_dir": str(experts_dir),
-               "device": s.device, "threads": s.threads, "matmul_n": s.matmul_n,
-               "matmul_repeats": s.matmul_repeats}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(payload)],
-                          capture_output=True, text=True)
+    payload = {
+        "workload": dataclasses.asdict(w),
+        "data": str(data_path),
+        "experts_dir": str(experts_dir),
+        "device": s.device,
+        "threads": s.threads,
+        "matmul_n": s.matmul_n,
+        "matmul_repeats": s.matmul_repeats,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(payload)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         print(f"worker failed (exit code {proc.returncode}) for {w}:\n{proc.stderr[-2000:]}", flush=True)
         lines = proc.stderr.strip().splitlines()
@@ -468,8 +558,20 @@ def prepare(s: Settings, plan: list[Workload], out: Path) -> tuple[dict[str, Pat
 
 
 # --- Reporting -------------------------------------------------------------------------------
-STATS = ("median_s", "min_s", "max_s", "iqr_s", "gflop", "gflops", "matmul_gflops", "ratio", "setup_mib",
-         "peak_mib", "s_per_image_step", "est_full_s")
+STATS = (
+    "median_s",
+    "min_s",
+    "max_s",
+    "iqr_s",
+    "gflop",
+    "gflops",
+    "matmul_gflops",
+    "ratio",
+    "setup_mib",
+    "peak_mib",
+    "s_per_image_step",
+    "est_full_s",
+)
 
 
 def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
@@ -478,7 +580,7 @@ def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
     if isinstance(result, str):
         return {**dataclasses.asdict(w), "status": result, **dict.fromkeys(STATS), **run_info}
     t = sorted(result["seconds"])
-    q1, q3 = (statistics.quantiles(t, n=4, method="inclusive")[::2] if len(t) > 1 else (t[0], t[0]))
+    q1, q3 = statistics.quantiles(t, n=4, method="inclusive")[::2] if len(t) > 1 else (t[0], t[0])
     med = statistics.median(t)
     gflops = result["gflop"] / med
     # MTT's cost per student image-step; D3's iteration also has a fixed MMD and decoder part
@@ -486,13 +588,26 @@ def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
     est_full = None
     if w.reference_outer:  # a capped DC iteration: the full one at the same GFLOP/s
         f = per_image_flops(w.shape, w.width)
-        est_full = med * iteration_flops(dataclasses.replace(w, outer_loop=w.reference_outer), f) / (
-            iteration_flops(w, f))
-    return {**dataclasses.asdict(w), "status": "ok", "median_s": med, "min_s": t[0], "max_s": t[-1],
-            "iqr_s": q3 - q1, "gflop": result["gflop"], "gflops": gflops, "matmul_gflops": result["matmul_gflops"],
-            "ratio": gflops / result["matmul_gflops"], "setup_mib": result["setup_mib"],
-            "peak_mib": result["peak_mib"], "s_per_image_step": med / images if images else None,
-            "est_full_s": est_full, **run_info}
+        est_full = (
+            med * iteration_flops(dataclasses.replace(w, outer_loop=w.reference_outer), f) / (iteration_flops(w, f))
+        )
+    return {
+        **dataclasses.asdict(w),
+        "status": "ok",
+        "median_s": med,
+        "min_s": t[0],
+        "max_s": t[-1],
+        "iqr_s": q3 - q1,
+        "gflop": result["gflop"],
+        "gflops": gflops,
+        "matmul_gflops": result["matmul_gflops"],
+        "ratio": gflops / result["matmul_gflops"],
+        "setup_mib": result["setup_mib"],
+        "peak_mib": result["peak_mib"],
+        "s_per_image_step": med / images if images else None,
+        "est_full_s": est_full,
+        **run_info,
+    }
 
 
 def settings_label(r: dict) -> str:
@@ -514,34 +629,62 @@ def print_row(r: dict) -> None:
         print(f"{r['method']:<10} {r['shape']:<8} {r['ipc']:>3} {settings_label(r):<34} {r['status']}", flush=True)
         return
     spread = f"{r['min_s']:.3g}-{r['max_s']:.3g}"
-    print(ROW.format(r["method"], r["shape"], r["ipc"], settings_label(r), f"{r['median_s']:.3g}", spread,
-                     f"{r['gflop']:.4g}", f"{r['gflops']:.0f}", f"{r['matmul_gflops']:.0f}",
-                     f"{r['ratio']:.2f}", f"{r['peak_mib']:.0f}"), flush=True)
+    print(
+        ROW.format(
+            r["method"],
+            r["shape"],
+            r["ipc"],
+            settings_label(r),
+            f"{r['median_s']:.3g}",
+            spread,
+            f"{r['gflop']:.4g}",
+            f"{r['gflops']:.0f}",
+            f"{r['matmul_gflops']:.0f}",
+            f"{r['ratio']:.2f}",
+            f"{r['peak_mib']:.0f}",
+        ),
+        flush=True,
+    )
 
 
 def print_memory_table(rows: list[dict]) -> None:
     memory = [r for r in rows if r["table"] == "memory" and r["status"] == "ok"]
     trajectory = [r for r in memory if r["method"] in ("mtt", "d3")]
     if trajectory:
-        print(f"\nMTT and D3 against syn_steps (ipc {trajectory[0]['ipc']}); peak MiB and its rise over the "
-              "worker's set-up; ms/image-step = s/it / (syn_steps x batch), MTT only")
-        print(f"{'method':<6} {'shape':<8} {'steps':>5} {'batch_syn':>9} {'s/it':>8} {'ms/image-step':>13} "
-              f"{'peak MiB':>9} {'+setup':>8}")
+        print(
+            f"\nMTT and D3 against syn_steps (ipc {trajectory[0]['ipc']}); peak MiB and its rise over the "
+            "worker's set-up; ms/image-step = s/it / (syn_steps x batch), MTT only"
+        )
+        print(
+            f"{'method':<6} {'shape':<8} {'steps':>5} {'batch_syn':>9} {'s/it':>8} {'ms/image-step':>13} "
+            f"{'peak MiB':>9} {'+setup':>8}"
+        )
     for r in trajectory:
         per_step = f"{1e3 * r['s_per_image_step']:.3g}" if r["s_per_image_step"] else "-"
-        print(f"{r['method']:<6} {r['shape']:<8} {r['syn_steps']:>5} {str(r['batch_syn'] or 'all'):>9} "
-              f"{r['median_s']:>8.3g} {per_step:>13} {r['peak_mib']:>9.0f} {r['peak_mib'] - r['setup_mib']:>8.0f}")
+        print(
+            f"{r['method']:<6} {r['shape']:<8} {r['syn_steps']:>5} {str(r['batch_syn'] or 'all'):>9} "
+            f"{r['median_s']:>8.3g} {per_step:>13} {r['peak_mib']:>9.0f} {r['peak_mib'] - r['setup_mib']:>8.0f}"
+        )
     for r in memory:
         if r["method"] == "dc+robust":
-            whole = [m for m in rows if m["table"] == "main" and m["method"] == "dc+robust" and m["status"] == "ok"
-                     and (m["shape"], m["ipc"]) == (r["shape"], r["ipc"])]
-            versus = (f"; whole batch: {whole[0]['median_s']:.3g} s, {whole[0]['peak_mib']:.0f} MiB" if whole else "")
-            print(f"dc+robust {r['shape']} ipc {r['ipc']}, robust step in chunks of {r['robust_chunk']}: "
-                  f"{r['median_s']:.3g} s/it, peak {r['peak_mib']:.0f} MiB{versus}")
+            whole = [
+                m
+                for m in rows
+                if m["table"] == "main"
+                and m["method"] == "dc+robust"
+                and m["status"] == "ok"
+                and (m["shape"], m["ipc"]) == (r["shape"], r["ipc"])
+            ]
+            versus = f"; whole batch: {whole[0]['median_s']:.3g} s, {whole[0]['peak_mib']:.0f} MiB" if whole else ""
+            print(
+                f"dc+robust {r['shape']} ipc {r['ipc']}, robust step in chunks of {r['robust_chunk']}: "
+                f"{r['median_s']:.3g} s/it, peak {r['peak_mib']:.0f} MiB{versus}"
+            )
 
 
 def read_csv(path: Path) -> list[dict]:
     """Rows of a CSV written by write_csv, with numbers as numbers (for --plot-only)."""
+
     def value(v: str):
         for kind in (int, float):
             try:
@@ -549,6 +692,7 @@ def read_csv(path: Path) -> list[dict]:
             except ValueError:
                 pass
         return v or None
+
     with open(path, newline="") as f:
         return [{k: value(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
@@ -571,30 +715,43 @@ def device_label(device: str) -> str:
     return f"CPU {model} ({os.cpu_count()} cores)"
 
 
-PLOT_LABELS = {"eval": "eval (1 epoch)", "dc": "dc (ipc >= 10: 2 of the reference's outer steps)",
-               "dc+robust": "dc+robust (likewise)",
-               "eval-sbs": f"eval side by side ({SIDE_BY_SIDE_NETS} students, 1 epoch)"}
+PLOT_LABELS = {
+    "eval": "eval (1 epoch)",
+    "dc": "dc (ipc >= 10: 2 of the reference's outer steps)",
+    "dc+robust": "dc+robust (likewise)",
+    "eval-sbs": f"eval side by side ({SIDE_BY_SIDE_NETS} students, 1 epoch)",
+}
 SHAPE_TITLES = {"mnist5k": "mnist5k (1x28x28, real images)", "cifar10": "CIFAR-10 shape (3x32x32, random)"}
 
 
 def plot(rows: list[dict], s: Settings, label: str) -> Path:
     """Seconds per iteration against ipc: a line per method, a panel per shape, log axes."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     main = [r for r in rows if r["table"] == "main" and r["status"] == "ok"]
     shapes = [sh for sh in s.shapes if any(r["shape"] == sh for r in main)] or list(s.shapes[:1])
-    fig, axes = plt.subplots(1, len(shapes), figsize=(max(7.0, 5.6 * len(shapes)), 4.8), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(max(7.0, 5.6 * len(shapes)), 4.8), squeeze=False, sharey=True)
     for ax, shape in zip(axes[0], shapes):
         for i, method in enumerate(METHODS):
-            pts = sorted((r["ipc"], r["median_s"], r["min_s"], r["max_s"]) for r in main
-                         if r["shape"] == shape and r["method"] == method)
+            pts = sorted(
+                (r["ipc"], r["median_s"], r["min_s"], r["max_s"])
+                for r in main
+                if r["shape"] == shape and r["method"] == method
+            )
             if pts:
                 x, med, lo, hi = map(list, zip(*pts))
-                ax.errorbar(x, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
-                            marker="o", capsize=3, color=f"C{i}",
-                            label=PLOT_LABELS.get(method, method))
+                ax.errorbar(
+                    x,
+                    med,
+                    yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
+                    marker="o",
+                    capsize=3,
+                    color=f"C{i}",
+                    label=PLOT_LABELS.get(method, method),
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(list(s.ipcs), [str(k) for k in s.ipcs])
@@ -604,8 +761,11 @@ def plot(rows: list[dict], s: Settings, label: str) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("seconds per iteration (median; bars min-max)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{label}\n{s.threads} thread{'s' if s.threads > 1 else ''}, torch {torch.__version__}"
-                 f"{'  [--quick: a smoke test, not a measurement]' if s.quick else ''}", fontsize=10)
+    fig.suptitle(
+        f"{label}\n{s.threads} thread{'s' if s.threads > 1 else ''}, torch {torch.__version__}"
+        f"{'  [--quick: a smoke test, not a measurement]' if s.quick else ''}",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = Path(s.figure)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -621,8 +781,10 @@ def print_plan(plan: list[Workload], rate: float) -> None:
         gflop = iteration_flops(w, per_image_flops(w.shape, w.width)) / 1e9
         seconds = gflop * (w.warmup + w.repeats) / (rate / 3)
         total += seconds
-        print(f"{w.table:<6} {w.method:<10} {w.shape:<8} ipc {w.ipc:>2}  {gflop:>10.1f} GFLOP/it  "
-              f"{w.warmup}+{w.repeats} its  ~{seconds:>6.0f} s")
+        print(
+            f"{w.table:<6} {w.method:<10} {w.shape:<8} ipc {w.ipc:>2}  {gflop:>10.1f} GFLOP/it  "
+            f"{w.warmup}+{w.repeats} its  ~{seconds:>6.0f} s"
+        )
     print(f"{len(plan)} workloads, roughly {total / 3600:.1f} h at 1/3 of {rate:.0f} GFLOP/s (plus set-up)")
 
 
@@ -638,12 +800,27 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(s.out)
     paths, experts_dir = prepare(s, plan, out)
     memory = "peak RSS of the row's process" if s.device == "cpu" else "torch.cuda.max_memory_allocated"
-    print(f"{label}, {s.threads} thread(s), torch {torch.__version__}; fp32 matmul {s.matmul_n}^2: {rate:.0f} GFLOP/s\n"
-          "each row: its own process; median (min-max) seconds of the timed iterations after the warm-up "
-          "(warmup, repeats: in the CSV); GFLOP of conv+linear per iteration; ratio = achieved GFLOP/s / "
-          f"matmul GFLOP/s measured in the row's process; peak MiB = {memory} during the timed call")
-    print(ROW.format("method", "shape", "ipc", "settings", "median s", "min-max s", "GFLOP", "GFLOP/s",
-                     "matmul", "ratio", "peak MiB"))
+    print(
+        f"{label}, {s.threads} thread(s), torch {torch.__version__}; fp32 matmul {s.matmul_n}^2: {rate:.0f} GFLOP/s\n"
+        "each row: its own process; median (min-max) seconds of the timed iterations after the warm-up "
+        "(warmup, repeats: in the CSV); GFLOP of conv+linear per iteration; ratio = achieved GFLOP/s / "
+        f"matmul GFLOP/s measured in the row's process; peak MiB = {memory} during the timed call"
+    )
+    print(
+        ROW.format(
+            "method",
+            "shape",
+            "ipc",
+            "settings",
+            "median s",
+            "min-max s",
+            "GFLOP",
+            "GFLOP/s",
+            "matmul",
+            "ratio",
+            "peak MiB",
+        )
+    )
     rows, csv_path = [], out / f"bench_{s.device}{'_quick' if s.quick else ''}.csv"
     for w in plan:
         rows.append(summarize(w, run_workload(w, s, paths[w.shape], experts_dir), s))

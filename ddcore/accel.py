@@ -11,6 +11,7 @@ backward passes (DC, MTT, D3) do not have. Parameters stay fp32 (autocast casts 
 gradients with respect to them come out fp32; the methods cast features and logits to fp32
 before their losses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,9 @@ AMPS = ("off", "bf16")
 
 @dataclass
 class AccelConfig:
-    amp: str = "off"             # "off" | "bf16": torch.autocast of the forward passes to bfloat16
+    amp: str = "off"  # "off" | "bf16": torch.autocast of the forward passes to bfloat16
     channels_last: bool = False  # networks and image batches in channels_last memory format
-    compile: bool = False        # torch.compile the networks that are trained (evaluation students)
+    compile: bool = False  # torch.compile the networks that are trained (evaluation students)
 
     def __post_init__(self):
         check_choice("amp", self.amp, AMPS)
@@ -46,8 +47,10 @@ def check_accel(name: str, accel) -> AccelConfig:
     if accel is None:
         return AccelConfig()
     if not isinstance(accel, AccelConfig):
-        raise TypeError(f"{name} must be a ddcore.accel.AccelConfig (e.g. AccelConfig(amp='bf16')) "
-                        f"or None, got {accel!r} ({type(accel).__name__})")
+        raise TypeError(
+            f"{name} must be a ddcore.accel.AccelConfig (e.g. AccelConfig(amp='bf16')) "
+            f"or None, got {accel!r} ({type(accel).__name__})"
+        )
     return accel
 
 

@@ -9,6 +9,7 @@ the reference does with one seed per class); student training uses one group per
 Per-image parameters for crop/scale/rotate need their own grid code: torchvision's v2
 functional ops apply one parameter to a whole batch, so we build the affine grids here.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,15 +27,15 @@ DIGIT_DATASETS = ("digits", "mnist5k", "mnist", "svhn", "mnist5k_pairs")  # flip
 @dataclass
 class DSAConfig:
     strategy: str = "color_crop_cutout_flip_scale_rotate"  # families joined by '_', or 'none'
-    brightness: float = 1.0   # add U(-0.5, 0.5) * brightness
-    saturation: float = 2.0   # scale distance to the channel mean by U(0, saturation)
-    contrast: float = 0.5     # scale distance to the image mean by U(contrast, 1 + contrast)
-    crop: float = 0.125       # shift by up to this fraction of the side, zero fill
-    cutout: float = 0.5       # zero a square of this fraction of the side
-    flip: float = 0.5         # probability of a horizontal flip
-    scale: float = 1.2        # stretch each axis by U(1/scale, scale)
-    rotate: float = 15.0      # rotate by U(-rotate, rotate) degrees
-    one_family: bool = True   # the reference's 'S' mode: one family per group; False applies all
+    brightness: float = 1.0  # add U(-0.5, 0.5) * brightness
+    saturation: float = 2.0  # scale distance to the channel mean by U(0, saturation)
+    contrast: float = 0.5  # scale distance to the image mean by U(contrast, 1 + contrast)
+    crop: float = 0.125  # shift by up to this fraction of the side, zero fill
+    cutout: float = 0.5  # zero a square of this fraction of the side
+    flip: float = 0.5  # probability of a horizontal flip
+    scale: float = 1.2  # stretch each axis by U(1/scale, scale)
+    rotate: float = 15.0  # rotate by U(-rotate, rotate) degrees
+    one_family: bool = True  # the reference's 'S' mode: one family per group; False applies all
 
     def __post_init__(self):
         for fam in self.families:
@@ -60,7 +61,8 @@ def dsa_for(dataset_name: str, **overrides) -> DSAConfig:
 @dataclass
 class DSADraw:
     """Sampled parameters for `num_groups` groups; every tensor's first dim is the group."""
-    families: torch.Tensor      # (G,) index into cfg.families for 'S' mode
+
+    families: torch.Tensor  # (G,) index into cfg.families for 'S' mode
     params: dict[str, torch.Tensor]
     cfg: DSAConfig
 
@@ -69,8 +71,13 @@ class DSADraw:
         return self.families.shape[0]
 
 
-def sample_dsa(cfg: DSAConfig, num_groups: int, im_size: tuple[int, int],
-               generator: torch.Generator | None = None, same_family: bool = False) -> DSADraw:
+def sample_dsa(
+    cfg: DSAConfig,
+    num_groups: int,
+    im_size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    same_family: bool = False,
+) -> DSADraw:
     """Draw parameters of every family for each group (drawing all keeps the RNG stream simple).
 
     `same_family=True` picks one family for all groups (the reference's student training).
@@ -84,8 +91,13 @@ def sample_dsa(cfg: DSAConfig, num_groups: int, im_size: tuple[int, int],
         "brightness": (u(g) - 0.5) * cfg.brightness,
         "saturation": u(g) * cfg.saturation,
         "contrast": u(g) + cfg.contrast,
-        "shift": torch.stack([torch.randint(-crop_w, crop_w + 1, (g,), generator=generator),
-                              torch.randint(-crop_h, crop_h + 1, (g,), generator=generator)], 1),
+        "shift": torch.stack(
+            [
+                torch.randint(-crop_w, crop_w + 1, (g,), generator=generator),
+                torch.randint(-crop_h, crop_h + 1, (g,), generator=generator),
+            ],
+            1,
+        ),
         "cutout_box": _cutout_boxes(u(g), u(g), h, w, cfg.cutout),
         "flip": u(g) < cfg.flip,
         "scale": u(g, 2) * (cfg.scale - 1.0 / cfg.scale) + 1.0 / cfg.scale,
@@ -104,8 +116,9 @@ def apply_dsa(x: torch.Tensor, draw: DSADraw | None, groups: torch.Tensor | None
         return x
     fams = draw.cfg.families
     if groups is None:
-        groups = (torch.arange(x.shape[0]) if draw.num_groups == x.shape[0]
-                  else torch.zeros(x.shape[0], dtype=torch.long))
+        groups = (
+            torch.arange(x.shape[0]) if draw.num_groups == x.shape[0] else torch.zeros(x.shape[0], dtype=torch.long)
+        )
     groups = groups.cpu()
     params = {k: v[groups].to(x.device) for k, v in draw.params.items()}
     if not draw.cfg.one_family:  # 'M' mode: every family in turn
@@ -173,7 +186,7 @@ def _cutout(x, p):
     box = p["cutout_box"].view(-1, 4, 1, 1)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = ((rows >= box[:, 1]) & (rows < box[:, 3]) & (cols >= box[:, 0]) & (cols < box[:, 2]))
+    inside = (rows >= box[:, 1]) & (rows < box[:, 3]) & (cols >= box[:, 0]) & (cols < box[:, 2])
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
@@ -181,5 +194,4 @@ def _flip(x, p):
     return torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-_FAMILY_FNS = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip,
-               "scale": _scale, "rotate": _rotate}
+_FAMILY_FNS = {"color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}

@@ -4,11 +4,12 @@ Each helper raises a ValueError or TypeError whose message names the argument, t
 that was given and what is allowed, so a mistyped notebook parameter fails in its own cell
 before any long work starts.
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -30,8 +31,7 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
         raise ValueError(f"{name}={value} is too large; it must be <= {high}")
 
 
-def check_float(name: str, value, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
+def check_float(name: str, value, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
     """Raise unless `value` is a finite real number in the given range.
 
     `low_open=True` excludes `low` itself, e.g. alpha in (0, 1].
@@ -55,8 +55,9 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} holds {bad} NaN or Inf values; clean the input first")
 
 
-def check_images(name: str, images: torch.Tensor, channels: int | None = None,
-                 im_size: tuple[int, int] | None = None) -> None:
+def check_images(
+    name: str, images: torch.Tensor, channels: int | None = None, im_size: tuple[int, int] | None = None
+) -> None:
     """Raise unless `images` is a finite float (N, C, H, W) tensor of the expected shape."""
     if not torch.is_tensor(images) or images.dim() != 4:
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -64,8 +65,7 @@ def check_images(name: str, images: torch.Tensor, channels: int | None = None,
     if channels is not None and images.shape[1] != channels:
         raise ValueError(f"{name} has {images.shape[1]} channels; this model expects {channels}")
     if im_size is not None and tuple(images.shape[-2:]) != tuple(im_size):
-        raise ValueError(f"{name} has image size {tuple(images.shape[-2:])}; "
-                         f"this model expects {tuple(im_size)}")
+        raise ValueError(f"{name} has image size {tuple(images.shape[-2:])}; this model expects {tuple(im_size)}")
     check_finite(name, images)
 
 
@@ -77,8 +77,9 @@ def check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
         check_finite(name, labels)
         return
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes - 1}]; got values from "
-                         f"{int(labels.min())} to {int(labels.max())}")
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes - 1}]; got values from {int(labels.min())} to {int(labels.max())}"
+        )
 
 
 def check_writable_dir(name: str, path: str | os.PathLike) -> None:
@@ -93,8 +94,7 @@ def check_writable_dir(name: str, path: str | os.PathLike) -> None:
 
 # What a notebook parameter annotated with each type may hold (papermill -p gives an int for "1",
 # which a float parameter accepts; bool is an int subclass, which no number parameter accepts).
-_PARAMETER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list, tuple),
-                    dict: (dict,)}
+_PARAMETER_TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,), list: (list, tuple), dict: (dict,)}
 
 
 def check_parameters(namespace: dict) -> None:

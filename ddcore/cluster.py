@@ -5,6 +5,7 @@ Features are any (N, ...) tensor; everything after the first axis is flattened, 
 be clustered in pixel space directly. K-means runs in scikit-learn on the CPU (seeded); the
 assignment functions stay in torch and run on whatever device the features are on.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,9 +23,10 @@ _CHUNK = 4096  # rows of the distance matrix computed at once, to bound memory
 @dataclass(eq=False, repr=False)
 class Clusters:
     """A partition of N points into k clusters."""
-    ids: torch.Tensor        # (N,) int64 in [0, k): cluster of each point
+
+    ids: torch.Tensor  # (N,) int64 in [0, k): cluster of each point
     centroids: torch.Tensor  # (k, D) on the features' device and dtype
-    sizes: torch.Tensor      # (k,) int64: points in each cluster
+    sizes: torch.Tensor  # (k,) int64: points in each cluster
     cluster_class: torch.Tensor | None = None  # (k,) int64 class of each cluster (per-class K-means)
 
     @property
@@ -61,6 +63,7 @@ def kmeans(features: torch.Tensor, k: int, seed: int, n_init: int = 3) -> Cluste
     check_int("n_init", n_init, low=1)
     from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         # Raised when there are fewer distinct points than k; some clusters then stay empty.
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -70,8 +73,7 @@ def kmeans(features: torch.Tensor, k: int, seed: int, n_init: int = 3) -> Cluste
     return Clusters(ids, centroids, torch.bincount(ids, minlength=k))
 
 
-def kmeans_per_class(features: torch.Tensor, labels: torch.Tensor, k: int, seed: int,
-                     n_init: int = 3) -> Clusters:
+def kmeans_per_class(features: torch.Tensor, labels: torch.Tensor, k: int, seed: int, n_init: int = 3) -> Clusters:
     """K-means with k clusters inside each class, as ONE Clusters with globally unique ids.
 
     Clusters of a class are contiguous, classes in increasing order (those absent from `labels`
@@ -94,8 +96,12 @@ def kmeans_per_class(features: torch.Tensor, labels: torch.Tensor, k: int, seed:
     return Clusters(ids, torch.cat(centroids), torch.bincount(ids, minlength=offset), torch.cat(classes))
 
 
-def assign(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor | None = None,
-           cluster_class: torch.Tensor | None = None) -> torch.Tensor:
+def assign(
+    features: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    cluster_class: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Index of the nearest centroid (Euclidean) of each point, (N,) int64.
 
     With `labels` and `cluster_class` (e.g. from `kmeans_per_class`), a point may only join a
@@ -122,8 +128,9 @@ def assign(features: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     return torch.cat(out)
 
 
-def voronoi_cells(features_real: torch.Tensor, labels_real: torch.Tensor, features_syn: torch.Tensor,
-                  labels_syn: torch.Tensor) -> torch.Tensor:
+def voronoi_cells(
+    features_real: torch.Tensor, labels_real: torch.Tensor, features_syn: torch.Tensor, labels_syn: torch.Tensor
+) -> torch.Tensor:
     """For each real point, the index of its nearest synthetic point OF THE SAME CLASS, (N,) int64.
 
     These are the subpopulations of robust dataset distillation (Vahidian et al., Algorithm 1):

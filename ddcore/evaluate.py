@@ -4,6 +4,7 @@
 accuracy (never the best epoch seen), per-class accuracy and, when test subgroup ids are given,
 per-subgroup and worst-subgroup accuracy. `summarize` turns it into mean +- std per method.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ from .train import TrainConfig, predict, train_network
 class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    num_nets: int = 3    # networks trained from different seeds; mean and std over them
-    dsa: bool = True     # DSA while training the student (the papers' protocol for DSA/DM/MTT)
+    num_nets: int = 3  # networks trained from different seeds; mean and std over them
+    dsa: bool = True  # DSA while training the student (the papers' protocol for DSA/DM/MTT)
     accel: AccelConfig = field(default_factory=AccelConfig)  # bf16 / channels_last / compile (GPU speed)
     # Train the num_nets students together as one vmapped network (students.py): the same students
     # up to float rounding, with all their activations in memory at once. Off: not faster on the
@@ -53,8 +54,10 @@ def check_side_by_side(cfg: EvalConfig) -> None:
         raise TypeError(f"side_by_side must be True or False, got {cfg.side_by_side!r}")
     for name in ("channels_last", "compile"):
         if cfg.side_by_side and getattr(cfg.accel, name):
-            raise NotImplementedError(f"EvalConfig(side_by_side=True) does not support accel.{name}=True "
-                                      "(the students run as one vmapped network); use side_by_side=False")
+            raise NotImplementedError(
+                f"EvalConfig(side_by_side=True) does not support accel.{name}=True "
+                "(the students run as one vmapped network); use side_by_side=False"
+            )
 
 
 def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> dict[int, float]:
@@ -63,8 +66,9 @@ def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Te
     return {int(g): float(correct[groups == g].mean()) for g in groups.unique()}
 
 
-def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, cfg: EvalConfig,
-                  seed: int, device, resample=None) -> torch.nn.Module:
+def train_student(
+    images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, cfg: EvalConfig, seed: int, device, resample=None
+) -> torch.nn.Module:
     """A fresh network trained on (images, labels) with the protocol's recipe.
 
     resample: optional () -> (images, labels) called at every epoch (see train_network).
@@ -80,8 +84,15 @@ def train_student(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     dsa = dsa_for(dataset.name) if cfg.dsa else None
     # train.py knows nothing of accel: its whole loop runs in the autocast region instead
     with autocast(device, cfg.accel):
-        train_network(maybe_compile(net, cfg.accel), to_memory_format(images.to(device), cfg.accel),
-                      labels.to(device), cfg.train, dsa, gen, resample=resample)
+        train_network(
+            maybe_compile(net, cfg.accel),
+            to_memory_format(images.to(device), cfg.accel),
+            labels.to(device),
+            cfg.train,
+            dsa,
+            gen,
+            resample=resample,
+        )
     return net
 
 
@@ -126,8 +137,9 @@ def students(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seed: int, de
             yield student_for(syn, dataset, cfg, s, device)
 
 
-def students_side_by_side(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seeds: list[int],
-                          device) -> list[torch.nn.Module]:
+def students_side_by_side(
+    syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, seeds: list[int], device
+) -> list[torch.nn.Module]:
     """student_for of every seed, trained together (students.train_side_by_side)."""
     check_side_by_side(cfg)
     device = resolve_device(device)
@@ -139,8 +151,14 @@ def students_side_by_side(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig, 
     data = [(images.to(device), labels.to(device)) for images, labels, _ in drawn]
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # as train_student's, per seed
     with autocast(device, cfg.accel):
-        train_side_by_side(nets, data, cfg.train, dsa_for(dataset.name) if cfg.dsa else None, generators,
-                           [resample for *_, resample in drawn])
+        train_side_by_side(
+            nets,
+            data,
+            cfg.train,
+            dsa_for(dataset.name) if cfg.dsa else None,
+            generators,
+            [resample for *_, resample in drawn],
+        )
     return nets
 
 
@@ -156,6 +174,7 @@ def epoch_sampler(syn: SyntheticSet, dataset: Dataset, seed: int, device):
     def sample():
         drawn = [s() for s in samplers]
         return torch.cat([x for x, _ in drawn]), torch.cat([y for _, y in drawn])
+
     return sample
 
 
@@ -167,14 +186,22 @@ def _part_sampler(part: SyntheticSet, dataset: Dataset, gen: torch.Generator, de
     if kind != "d3":
         raise ValueError(f"unknown generative set kind {kind!r}; this ddcore knows 'd3'")
     from .decoder import epoch_images, load_decoder  # evaluation knows the decoder, not the method
+
     decoder = load_decoder(part, dataset.channels, dataset.im_size).to(device)
     mu, logvar, labels = part.extras["mu"].to(device), part.extras["logvar"].to(device), part.labels.to(device)
     return lambda: epoch_images(decoder, mu, logvar, labels, dataset.normalize, gen)
 
 
-def evaluate_synthetic(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | None = None, seed: int = 0,
-                       device=None, test_groups: torch.Tensor | None = None, progress: bool = False,
-                       test_images: torch.Tensor | None = None) -> pd.DataFrame:
+def evaluate_synthetic(
+    syn: SyntheticSet,
+    dataset: Dataset,
+    cfg: EvalConfig | None = None,
+    seed: int = 0,
+    device=None,
+    test_groups: torch.Tensor | None = None,
+    progress: bool = False,
+    test_images: torch.Tensor | None = None,
+) -> pd.DataFrame:
     """Train cfg.num_nets students on `syn` and test each on the data set's test split.
 
     test_groups: optional subgroup id of every test image, for per-subgroup accuracy.
@@ -202,10 +229,17 @@ def _check_eval_inputs(syn, dataset: Dataset, test_groups: torch.Tensor | None) 
 def _row(syn, dataset, cfg, seed, k, pred, test_groups) -> dict:
     labels = dataset.labels_test
     per_class = accuracy_by_group(pred, labels, labels)
-    row = {"method": syn.meta.get("method"), "dataset": dataset.name, "ipc": syn.meta.get("ipc"),
-           "model": cfg.model.name, "net": k, "seed": seed, "epochs": cfg.train.epochs,
-           "accuracy": float((pred == labels).double().mean()),
-           "worst_class_accuracy": min(per_class.values())}
+    row = {
+        "method": syn.meta.get("method"),
+        "dataset": dataset.name,
+        "ipc": syn.meta.get("ipc"),
+        "model": cfg.model.name,
+        "net": k,
+        "seed": seed,
+        "epochs": cfg.train.epochs,
+        "accuracy": float((pred == labels).double().mean()),
+        "worst_class_accuracy": min(per_class.values()),
+    }
     row.update({f"class_{c}": acc for c, acc in per_class.items()})
     if test_groups is not None:
         per_group = accuracy_by_group(pred, labels, test_groups)
@@ -218,11 +252,13 @@ def _progress(it, enabled, syn, total: int):
     if not enabled:
         return it
     from tqdm.auto import tqdm
+
     return tqdm(it, total=total, desc=f"evaluate {syn.meta.get('method')} ipc={syn.meta.get('ipc')}")
 
 
-def summarize(results: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy",),
-              by: tuple[str, ...] = ("method", "ipc")) -> pd.DataFrame:
+def summarize(
+    results: pd.DataFrame, metrics: tuple[str, ...] = ("accuracy",), by: tuple[str, ...] = ("method", "ipc")
+) -> pd.DataFrame:
     """Mean and std (over networks) of each metric per method and ipc, in percent."""
     for m in metrics:
         check_choice("metric", m, list(results.columns))
@@ -237,8 +273,9 @@ def format_mean_std(summary: pd.DataFrame, metric: str = "accuracy") -> pd.Serie
     return summary[f"{metric}_mean"].map("{:.1f}".format) + " +- " + summary[f"{metric}_std"].map("{:.1f}".format)
 
 
-def improvement_over_random(results: pd.DataFrame, metric: str = "accuracy", baseline: str = "random",
-                            by: str = "ipc") -> pd.DataFrame:
+def improvement_over_random(
+    results: pd.DataFrame, metric: str = "accuracy", baseline: str = "random", by: str = "ipc"
+) -> pd.DataFrame:
     """Each method's mean metric minus that of `baseline` at the same `by` value (percentage points).
 
     baseline='random+soft', by='budget' compares at equal storage with the same soft labels.
@@ -275,9 +312,9 @@ def _test_clusters(dataset: Dataset, k: int, seed: int) -> torch.Tensor:
     (e.g. make_rare_subgroups) may share or reuse names.
     """
     from .cluster import kmeans
+
     x = dataset.images_test
-    fingerprint = (float(x.sum(dtype=torch.float64)),
-                   float(torch.linalg.vector_norm(x.flatten(), dtype=torch.float64)))
+    fingerprint = (float(x.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(x.flatten(), dtype=torch.float64)))
     key = (dataset.name, k, seed, tuple(x.shape), fingerprint)
     if key not in _TEST_CLUSTERS:
         _TEST_CLUSTERS[key] = kmeans(x, k, seed).ids.cpu()
@@ -292,8 +329,9 @@ def cluster_min_accuracy(pred: torch.Tensor, dataset: Dataset, k: int = 10, seed
     """
     check_int("k", k, low=1, high=len(dataset.labels_test))
     if pred.shape != dataset.labels_test.shape:
-        raise ValueError(f"pred has shape {tuple(pred.shape)}; expected one class per test image "
-                         f"{tuple(dataset.labels_test.shape)}")
+        raise ValueError(
+            f"pred has shape {tuple(pred.shape)}; expected one class per test image {tuple(dataset.labels_test.shape)}"
+        )
     ids = _test_clusters(dataset, k, seed)
     per_cluster = list(accuracy_by_group(pred.cpu(), dataset.labels_test, ids).values())
     return {"min": min(per_cluster), "mean": sum(per_cluster) / len(per_cluster), "per_cluster": per_cluster}
@@ -310,17 +348,26 @@ def corrupt(images_unit: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor
     if kind == "gaussian_noise":
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(images_unit.shape, generator=gen, dtype=images_unit.dtype)
-        return (images_unit + NOISE_VARIANCE ** 0.5 * noise.to(images_unit.device)).clamp(0.0, 1.0)
+        return (images_unit + NOISE_VARIANCE**0.5 * noise.to(images_unit.device)).clamp(0.0, 1.0)
     if kind == "blur":
         from torchvision.transforms.v2.functional import gaussian_blur
+
         return gaussian_blur(images_unit, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA])
     return 1.0 - images_unit
 
 
-def evaluate_robustness(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | None = None, seed: int = 0,
-                        device=None, test_groups: torch.Tensor | None = None, k: int = 10,
-                        cluster_seed: int = 0, corruptions: tuple[str, ...] = CORRUPTIONS,
-                        progress: bool = False) -> pd.DataFrame:
+def evaluate_robustness(
+    syn: SyntheticSet,
+    dataset: Dataset,
+    cfg: EvalConfig | None = None,
+    seed: int = 0,
+    device=None,
+    test_groups: torch.Tensor | None = None,
+    k: int = 10,
+    cluster_seed: int = 0,
+    corruptions: tuple[str, ...] = CORRUPTIONS,
+    progress: bool = False,
+) -> pd.DataFrame:
     """`evaluate_synthetic` plus the paper's robustness metrics, one row per trained network.
 
     Adds cluster_min_accuracy and cluster_mean_accuracy (K-means with k clusters, seeded by
@@ -341,7 +388,8 @@ def evaluate_robustness(syn: SyntheticSet, dataset: Dataset, cfg: EvalConfig | N
         clustered = cluster_min_accuracy(pred, dataset, k, cluster_seed)
         row["cluster_min_accuracy"], row["cluster_mean_accuracy"] = clustered["min"], clustered["mean"]
         for kind, images in corrupted.items():
-            row[f"accuracy_{kind}"] = float((predict_with(net, images, cfg.accel) == dataset.labels_test)
-                                            .double().mean())
+            row[f"accuracy_{kind}"] = float(
+                (predict_with(net, images, cfg.accel) == dataset.labels_test).double().mean()
+            )
         rows.append(row)
     return pd.DataFrame(rows)

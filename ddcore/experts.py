@@ -5,6 +5,7 @@ parameters at epoch t and compare where the student gets with where the expert w
 Experts are trained once per (data set, config) and stored on disk, one safetensors file per
 expert holding an (epochs + 1, num_params) tensor, so a later run (or a crashed one) reuses them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,9 @@ from .train import TrainConfig, train_network
 @dataclass
 class ExpertConfig:
     """The reference buffer recipe: plain SGD (no momentum, no weight decay), DSA, lr 0.01."""
-    num_experts: int = 5       # the reference trains 100; a handful already gives varied starts
-    epochs: int = 20           # the reference saves 50 epochs
+
+    num_experts: int = 5  # the reference trains 100; a handful already gives varied starts
+    epochs: int = 20  # the reference saves 50 epochs
     lr: float = 0.01
     batch_size: int = 256
     dsa: bool = True
@@ -51,7 +53,7 @@ def unflatten(net: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         raise ValueError(f"flat vector has {flat.numel()} values, the network has {total} parameters")
     out, offset = {}, 0
     for name, p in net.named_parameters():
-        out[name] = flat[offset:offset + p.numel()].view_as(p)
+        out[name] = flat[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     return out
 
@@ -70,8 +72,9 @@ class _Embed(nn.Module):
 def forward_with(net: nn.Module, flat: torch.Tensor, x: torch.Tensor, features: bool = False) -> torch.Tensor:
     """net(x) (or net.embed(x)) computed with the parameters in `flat`, differentiable in both."""
     if any(True for _ in net.buffers()):
-        raise ValueError("trajectory matching needs a network without buffers (use norm='instance', "
-                         "'layer' or 'none', not 'batch')")
+        raise ValueError(
+            "trajectory matching needs a network without buffers (use norm='instance', 'layer' or 'none', not 'batch')"
+        )
     params = unflatten(net, flat)
     if features:
         return functional_call(_Embed(net), {f"inner.{k}": v for k, v in params.items()}, (x,))
@@ -92,8 +95,9 @@ def train_expert(dataset: Dataset, cfg: ExpertConfig, seed: int, device) -> torc
         torch.manual_seed(seed)
         net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size).to(device)
     images, labels = dataset.images_train.to(device), dataset.labels_train.to(device)
-    one_epoch = TrainConfig(epochs=1, lr=cfg.lr, momentum=0.0, weight_decay=0.0,
-                            batch_size=cfg.batch_size, decay_at_half=False)
+    one_epoch = TrainConfig(
+        epochs=1, lr=cfg.lr, momentum=0.0, weight_decay=0.0, batch_size=cfg.batch_size, decay_at_half=False
+    )
     dsa = dsa_for(dataset.name) if cfg.dsa else None
     rows = [flat_params(net).cpu()]
     for _ in range(cfg.epochs):  # momentum 0: a fresh optimizer per epoch changes nothing
@@ -102,8 +106,9 @@ def train_expert(dataset: Dataset, cfg: ExpertConfig, seed: int, device) -> torc
     return torch.stack(rows)
 
 
-def load_or_train_experts(dataset: Dataset, cfg: ExpertConfig, seed: int, device,
-                          root: str | Path | None = None, progress: bool = False) -> list[torch.Tensor]:
+def load_or_train_experts(
+    dataset: Dataset, cfg: ExpertConfig, seed: int, device, root: str | Path | None = None, progress: bool = False
+) -> list[torch.Tensor]:
     """cfg.num_experts trajectories, read from `root` when there, trained (and saved) otherwise.
 
     Without `root` they are trained in memory and not kept.
@@ -125,8 +130,9 @@ def load_or_train_experts(dataset: Dataset, cfg: ExpertConfig, seed: int, device
             continue
         traj = train_expert(dataset, cfg, seed=seed * 1000 + i, device=device)
         if path is not None:  # written as soon as it is done: a crash loses at most one expert
-            save_tensors(path, {"trajectory": traj}, {"kind": "expert", "config": repr(asdict(cfg)),
-                                                      "dataset": dataset.name})
+            save_tensors(
+                path, {"trajectory": traj}, {"kind": "expert", "config": repr(asdict(cfg)), "dataset": dataset.name}
+            )
         trajectories.append(traj)
     return trajectories
 
@@ -144,4 +150,5 @@ def _progress(it, enabled):
     if not enabled:
         return it
     from tqdm.auto import tqdm
+
     return tqdm(it, desc="experts")

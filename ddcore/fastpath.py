@@ -12,6 +12,7 @@ of CHUNK images, activations stay channels-last (N, H, W, C) from the first bloc
 With autograd (the 100 synthetic images), the stock modules in chunks of CHUNK are as fast as
 any decomposition measured here, so `embed` uses them. Measured numbers: bench/embed_speed.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,14 +36,26 @@ WINOGRAD_MIN_CHANNELS = 128
 
 # Winograd F(4x4, 3x3) (Lavin & Gray 2016): y = A^T [(G g G^T) * (B^T d B)] A for a 6x6 input
 # tile d, a 3x3 kernel g and a 4x4 output tile y; it computes cross-correlation, as conv2d does.
-_BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
-_G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-      [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
+_BT = [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+]
+_G = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
 _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _winograd_mats(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """kron(M, M) for M = B^T, G, A^T: (36, 36), (36, 9), (16, 36); each maps a flattened tile.
 
@@ -56,8 +69,7 @@ def embed(net: nn.Module, x: torch.Tensor, chunk: int | None = None) -> torch.Te
     chunk = chunk or CHUNK
     if x.is_cuda:  # cuDNN wants whole batches; channels_last suits its conv kernels
         return net.embed(x.contiguous(memory_format=torch.channels_last))
-    if len(x) == 0 or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                          for m in net.modules()):
+    if len(x) == 0 or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules()):
         return net.embed(x)  # chunks would change the batch statistics
     frozen = not any(p.requires_grad for p in net.parameters())
     if torch.is_grad_enabled() and (x.requires_grad or not frozen):
@@ -68,7 +80,7 @@ def embed(net: nn.Module, x: torch.Tensor, chunk: int | None = None) -> torch.Te
     if not _supported(net, x):
         return torch.cat(_map(net.embed, x.split(chunk)))
     net._check(x)
-    blocks = [_prepare(net.features[i:i + 4]) for i in range(0, len(net.features), 4)]
+    blocks = [_prepare(net.features[i : i + 4]) for i in range(0, len(net.features), 4)]
     return torch.cat(_map(lambda xc: _forward(blocks, xc), x.split(chunk)))
 
 
@@ -120,8 +132,7 @@ class _ChunkedEmbed(torch.autograd.Function):
     def backward(ctx, grad):
         graphs, ctx.graphs = ctx.graphs, None  # freed after this backward, as autograd does
         grads = grad.split([len(xc) for xc, _ in graphs])
-        dx = _map(lambda k: torch.autograd.grad(graphs[k][1], graphs[k][0], grads[k])[0],
-                  range(len(graphs)))
+        dx = _map(lambda k: torch.autograd.grad(graphs[k][1], graphs[k][0], grads[k])[0], range(len(graphs)))
         return torch.cat(dx), None, None
 
 
@@ -130,13 +141,22 @@ def _supported(net: nn.Module, x: torch.Tensor) -> bool:
     if not isinstance(net, ConvNet) or x.dtype not in (torch.float32, torch.float64):
         return False
     convs, norms = net.features[0::4], net.features[1::4]
-    return (all(isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3) and c.stride == (1, 1)
-                and c.dilation == (1, 1) and c.groups == 1 and c.padding_mode == "zeros"
-                and c.bias is not None and c.weight.dtype == x.dtype for c in convs)
-            and all(_is_instance_norm(n) or isinstance(n, nn.Identity) for n in norms)
-            and all(isinstance(a, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid)) for a in net.features[2::4])
-            and all(isinstance(p, (nn.AvgPool2d, nn.MaxPool2d, nn.Identity))
-                    for p in net.features[3::4]))
+    return (
+        all(
+            isinstance(c, nn.Conv2d)
+            and c.kernel_size == (3, 3)
+            and c.stride == (1, 1)
+            and c.dilation == (1, 1)
+            and c.groups == 1
+            and c.padding_mode == "zeros"
+            and c.bias is not None
+            and c.weight.dtype == x.dtype
+            for c in convs
+        )
+        and all(_is_instance_norm(n) or isinstance(n, nn.Identity) for n in norms)
+        and all(isinstance(a, (nn.ReLU, nn.LeakyReLU, nn.Sigmoid)) for a in net.features[2::4])
+        and all(isinstance(p, (nn.AvgPool2d, nn.MaxPool2d, nn.Identity)) for p in net.features[3::4])
+    )
 
 
 def _is_instance_norm(norm: nn.Module) -> bool:
@@ -157,8 +177,9 @@ def _prepare(block: nn.Sequential) -> dict:
 def _forward(blocks: list[dict], x: torch.Tensor) -> torch.Tensor:
     """Embed one chunk of NCHW images; activations are (N, H, W, C) between blocks."""
     b = blocks[0]
-    x = torch.cat([_pool(b["act"](_first_conv(piece, b["conv"], b["norm"])), b["pool"])
-                   for piece in x.split(FIRST_PIECE)])
+    x = torch.cat(
+        [_pool(b["act"](_first_conv(piece, b["conv"], b["norm"])), b["pool"]) for piece in x.split(FIRST_PIECE)]
+    )
     for b in blocks[1:]:
         pad = b["conv"].padding[0]
         if b["U"] is not None:
@@ -175,7 +196,7 @@ def _first_conv(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm | None) -> 
     n, pad = len(x), conv.padding[0]
     h, w = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
     if norm is None:
-        patches = F.unfold(x, 3, padding=pad)                   # (N, 9 cin, H W)
+        patches = F.unfold(x, 3, padding=pad)  # (N, 9 cin, H W)
         return (patches.transpose(1, 2) @ conv.weight.flatten(1).t() + conv.bias).view(n, h, w, -1)
     patches, w_img, shift = instance_norm_affine(x, conv, norm)  # the map models.ConvNet uses too
     # channels-last out: (N, H W, cout) = patches^T w_img^T + shift^T; uncentred patches and a
@@ -188,13 +209,13 @@ def _winograd(x: torch.Tensor, U: torch.Tensor, pad: int) -> torch.Tensor:
     n, h, w, cin = x.shape
     kb, _, ka = _winograd_mats(x.dtype)
     ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
-    th, tw = -(-ho // 4), -(-wo // 4)                          # 4x4 output tiles per image
+    th, tw = -(-ho // 4), -(-wo // 4)  # 4x4 output tiles per image
     x = F.pad(x, (0, 0, pad, 4 * tw + 2 - w - pad, pad, 4 * th + 2 - h - pad))
-    tiles = x.unfold(1, 6, 4).unfold(2, 6, 4)                  # (N, th, tw, cin, 6, 6), a view
-    d = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)        # (36, N th tw cin)
-    v = (kb @ d).view(36, n * th * tw, cin)                    # B^T d B
-    m = torch.bmm(v, U)                                        # (36, N th tw, cout)
-    y = (ka @ m.view(36, -1)).view(4, 4, n, th, tw, -1)        # A^T m A
+    tiles = x.unfold(1, 6, 4).unfold(2, 6, 4)  # (N, th, tw, cin, 6, 6), a view
+    d = tiles.permute(4, 5, 0, 1, 2, 3).reshape(36, -1)  # (36, N th tw cin)
+    v = (kb @ d).view(36, n * th * tw, cin)  # B^T d B
+    m = torch.bmm(v, U)  # (36, N th tw, cout)
+    y = (ka @ m.view(36, -1)).view(4, 4, n, th, tw, -1)  # A^T m A
     return y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * th, 4 * tw, -1)[:, :ho, :wo]
 
 

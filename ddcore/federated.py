@@ -12,6 +12,7 @@ same parameters; rank 0 then writes `<out>/aggregated.safetensors` and `<out>/fe
     torchrun --nproc_per_node=2 -m ddcore.federated --dataset mnist5k --method dm --ipc 1 \
         --subtasks 2 --out results/fed --iterations 200 --model.width 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ import sys
 import time
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -53,8 +54,7 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # --- Splitting the classes ---
-def split_classes(num_classes: int, num_subtasks: int, strategy: str = "contiguous",
-                  seed: int = 0) -> list[list[int]]:
+def split_classes(num_classes: int, num_subtasks: int, strategy: str = "contiguous", seed: int = 0) -> list[list[int]]:
     """Disjoint groups of class ids covering 0..num_classes-1, sizes differing by at most 1.
 
     'contiguous' gives [0..k), [k..2k), ... as D3 does; 'random' shuffles the classes with `seed`
@@ -71,7 +71,7 @@ def split_classes(num_classes: int, num_subtasks: int, strategy: str = "contiguo
     groups, start = [], 0
     for k in range(num_subtasks):
         size = base + (k < extra)  # the first `extra` groups take one class more
-        groups.append(sorted(order[start:start + size]))
+        groups.append(sorted(order[start : start + size]))
         start += size
     return groups
 
@@ -88,10 +88,13 @@ def subset_classes(dataset: Dataset, classes: list[int]) -> Dataset:
     keep_test = local[dataset.labels_test] >= 0
     # replace() keeps every other field of Dataset (mean, std, and any added later)
     return dataclasses.replace(
-        dataset, images_train=dataset.images_train[keep_train],
+        dataset,
+        images_train=dataset.images_train[keep_train],
         labels_train=local[dataset.labels_train[keep_train]],
-        images_test=dataset.images_test[keep_test], labels_test=local[dataset.labels_test[keep_test]],
-        class_names=[dataset.class_names[c] for c in classes])
+        images_test=dataset.images_test[keep_test],
+        labels_test=local[dataset.labels_test[keep_test]],
+        class_names=[dataset.class_names[c] for c in classes],
+    )
 
 
 def _check_group(name: str, classes, num_classes: int) -> None:
@@ -114,29 +117,58 @@ def subtask_path(out_dir: str | os.PathLike, index: int) -> Path:
 
 
 # --- One subtask ---
-def distill_subtask(dataset: Dataset, classes: list[int], index: int, method: str, ipc: int,
-                    out_dir: str | os.PathLike, seed: int = 0, device=None, progress: bool = False,
-                    config=None, **options) -> SyntheticSet:
+def distill_subtask(
+    dataset: Dataset,
+    classes: list[int],
+    index: int,
+    method: str,
+    ipc: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    device=None,
+    progress: bool = False,
+    config=None,
+    **options,
+) -> SyntheticSet:
     """Distill the classes of one subtask into `<out_dir>/subtask_<index>.safetensors`.
 
     The method sees `subset_classes(dataset, classes)` and seed `subtask_seed(seed, index)`; its
     labels are local (0..len(classes)-1). A file left by an earlier call with the same parameters
     is loaded instead; a half-finished one resumes from its checkpoint.
     """
-    return _distill_or_load(dataset, classes, index, method, ipc, out_dir, seed, device, progress,
-                            config if config is not None else method_config(method, **options))[0]
+    return _distill_or_load(
+        dataset,
+        classes,
+        index,
+        method,
+        ipc,
+        out_dir,
+        seed,
+        device,
+        progress,
+        config if config is not None else method_config(method, **options),
+    )[0]
 
 
 def _subtask_key(sub: Dataset, classes, index, method, ipc, seed, cfg) -> dict:
     """Everything a subtask's result depends on, as stored in its file (JSON round-tripped)."""
-    key = {"index": index, "classes": list(classes), "method": method, "ipc": ipc, "base_seed": seed,
-           "seed": subtask_seed(seed, index), "dataset": sub.name, "data": fingerprint(sub),
-           "config_repr": repr(cfg)}
+    key = {
+        "index": index,
+        "classes": list(classes),
+        "method": method,
+        "ipc": ipc,
+        "base_seed": seed,
+        "seed": subtask_seed(seed, index),
+        "dataset": sub.name,
+        "data": fingerprint(sub),
+        "config_repr": repr(cfg),
+    }
     return json.loads(json.dumps(key))
 
 
-def _distill_or_load(dataset, classes, index, method, ipc, out_dir, seed, device, progress,
-                     cfg) -> tuple[SyntheticSet, bool]:
+def _distill_or_load(
+    dataset, classes, index, method, ipc, out_dir, seed, device, progress, cfg
+) -> tuple[SyntheticSet, bool]:
     """(the subtask's set, whether it was loaded from an earlier run)."""
     sub = subset_classes(dataset, classes)
     key = _subtask_key(sub, classes, index, method, ipc, seed, cfg)
@@ -145,13 +177,14 @@ def _distill_or_load(dataset, classes, index, method, ipc, out_dir, seed, device
         found = SyntheticSet.load(path)
         if found.meta.get("subtask") == key:
             return found, True
-        warnings.warn(f"{path} was made with other parameters; distilling subtask {index} again")
+        warnings.warn(f"{path} was made with other parameters; distilling subtask {index} again", stacklevel=2)
     # The key's hash in the name: a checkpoint of another split or config is never resumed.
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     ckpt = Path(out_dir) / f"subtask_{index}.{digest}.ckpt"
     start = time.perf_counter()
-    syn = distill(method, sub, ipc, seed=key["seed"], device=device, progress=progress,
-                  checkpoint=ckpt, resume=True, config=cfg)
+    syn = distill(
+        method, sub, ipc, seed=key["seed"], device=device, progress=progress, checkpoint=ckpt, resume=True, config=cfg
+    )
     syn.meta.update(subtask=key, seconds=time.perf_counter() - start)
     syn.save(path)  # atomic: a crash leaves either no file or a whole one
     ckpt.unlink(missing_ok=True)
@@ -159,8 +192,12 @@ def _distill_or_load(dataset, classes, index, method, ipc, out_dir, seed, device
 
 
 # --- Re-aggregation ---
-def aggregate(results: list[SyntheticSet], groups: list[list[int]], num_classes: int,
-              labeller: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SyntheticSet:
+def aggregate(
+    results: list[SyntheticSet],
+    groups: list[list[int]],
+    num_classes: int,
+    labeller: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> SyntheticSet:
     """One synthetic set with global labels from per-subtask sets with local labels.
 
     Hard labels j of subtask i become groups[i][j]; soft labels (n, len(groups[i])) are placed in
@@ -183,16 +220,22 @@ def aggregate(results: list[SyntheticSet], groups: list[list[int]], num_classes:
     first = results[0].meta
     meta = {k: first[k] for k in ("method", "dataset", "ipc", "config") if k in first}
     # sizes and parts let a reader cut the set back into subtasks (e.g. to rebuild D3's decoders)
-    meta.update(num_classes=num_classes, groups=[list(g) for g in groups], labeller=labeller is not None,
-                sizes=[len(syn.images) for syn in results], parts=[syn.meta for syn in results])
+    meta.update(
+        num_classes=num_classes,
+        groups=[list(g) for g in groups],
+        labeller=labeller is not None,
+        sizes=[len(syn.images) for syn in results],
+        parts=[syn.meta for syn in results],
+    )
     return SyntheticSet(images, labels, meta, extras)
 
 
 def _check_partition(results, groups, num_classes: int) -> None:
     check_int("num_classes", num_classes, low=1)
     if len(results) != len(groups) or not results:
-        raise ValueError(f"aggregate needs one class group per result: got {len(results)} results "
-                         f"and {len(groups)} groups")
+        raise ValueError(
+            f"aggregate needs one class group per result: got {len(results)} results and {len(groups)} groups"
+        )
     for i, g in enumerate(groups):
         _check_group(f"groups[{i}]", g, num_classes)
     flat = [c for g in groups for c in g]
@@ -205,14 +248,15 @@ def _global_labels(labels: torch.Tensor, group, num_classes: int, i: int) -> tor
     ids = torch.tensor(list(group))
     if labels.is_floating_point():
         if labels.dim() != 2 or labels.shape[1] != len(group):
-            raise ValueError(f"soft labels of subtask {i} must have shape (n, {len(group)}), "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(f"soft labels of subtask {i} must have shape (n, {len(group)}), got {tuple(labels.shape)}")
         placed = torch.zeros(len(labels), num_classes, dtype=labels.dtype)
         placed[:, ids] = labels.cpu()
         return placed
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(group)):
-        raise ValueError(f"labels of subtask {i} must be local ids in [0, {len(group) - 1}]; got "
-                         f"{int(labels.min())} to {int(labels.max())}")
+        raise ValueError(
+            f"labels of subtask {i} must be local ids in [0, {len(group) - 1}]; got "
+            f"{int(labels.min())} to {int(labels.max())}"
+        )
     return ids[labels.cpu()]
 
 
@@ -224,11 +268,12 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 @dataclass
 class Workers:
     """Where this process stands: its rank among world_size workers and the device it uses."""
+
     rank: int
     world_size: int
     device: torch.device
-    distributed: bool       # a process group exists
-    created: bool = False   # we created it, so we destroy it at the end
+    distributed: bool  # a process group exists
+    created: bool = False  # we created it, so we destroy it at the end
 
 
 def join_workers(device=None, timeout_s: float = 24 * 3600) -> Workers:
@@ -246,8 +291,9 @@ def join_workers(device=None, timeout_s: float = 24 * 3600) -> Workers:
         torch.cuda.set_device(device)
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return Workers(dist.get_rank(), dist.get_world_size(), device, True, created)
 
 
@@ -267,10 +313,21 @@ def peak_rss_mib() -> float:
 
 
 # --- The whole run ---
-def run_federated(dataset: str | Dataset, method: str, ipc: int, num_subtasks: int,
-                  out_dir: str | os.PathLike, strategy: str = "contiguous", seed: int = 0, device=None,
-                  progress: bool = False, global_labeller: Callable | None = None, root: str | None = None,
-                  timeout_s: float = 24 * 3600, **options) -> SyntheticSet | None:
+def run_federated(
+    dataset: str | Dataset,
+    method: str,
+    ipc: int,
+    num_subtasks: int,
+    out_dir: str | os.PathLike,
+    strategy: str = "contiguous",
+    seed: int = 0,
+    device=None,
+    progress: bool = False,
+    global_labeller: Callable | None = None,
+    root: str | None = None,
+    timeout_s: float = 24 * 3600,
+    **options,
+) -> SyntheticSet | None:
     """Distill `num_subtasks` class groups on this process's share of the workers and aggregate.
 
     Parameters
@@ -293,11 +350,18 @@ def run_federated(dataset: str | Dataset, method: str, ipc: int, num_subtasks: i
         groups = split_classes(data.num_classes, num_subtasks, strategy, seed)
         check_int("ipc", ipc, low=1, high=min(len(i) for i in data.indices_per_class("train")))
         if workers.world_size > num_subtasks and workers.rank == 0:
-            warnings.warn(f"{workers.world_size} workers for {num_subtasks} subtasks: some stay idle")
-        done = [_timed_subtask(data, groups, i, method, ipc, out_dir, seed, workers.device, progress, cfg)
-                for i in range(workers.rank, num_subtasks, workers.world_size)]
-        record = {"rank": workers.rank, "host": socket.gethostname(), "subtasks": done,
-                  "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}
+            warnings.warn(f"{workers.world_size} workers for {num_subtasks} subtasks: some stay idle", stacklevel=2)
+        done = [
+            _timed_subtask(data, groups, i, method, ipc, out_dir, seed, workers.device, progress, cfg)
+            for i in range(workers.rank, num_subtasks, workers.world_size)
+        ]
+        record = {
+            "rank": workers.rank,
+            "host": socket.gethostname(),
+            "subtasks": done,
+            "seconds": time.perf_counter() - start,
+            "peak_rss_mib": peak_rss_mib(),
+        }
         records = _gather(workers, record)
         syn = None
         if workers.rank == 0:
@@ -317,8 +381,14 @@ def _timed_subtask(data, groups, i, method, ipc, out_dir, seed, device, progress
     """Run (or load) subtask i; its row of federated.json."""
     start = time.perf_counter()
     syn, loaded = _distill_or_load(data, groups[i], i, method, ipc, out_dir, seed, device, progress, cfg)
-    return {"index": i, "classes": groups[i], "loaded": loaded, "seconds": time.perf_counter() - start,
-            "distill_seconds": syn.meta.get("seconds"), "peak_rss_mib": peak_rss_mib()}
+    return {
+        "index": i,
+        "classes": groups[i],
+        "loaded": loaded,
+        "seconds": time.perf_counter() - start,
+        "distill_seconds": syn.meta.get("seconds"),
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def _aggregate_files(out_dir, groups, data, labeller, seed, strategy) -> SyntheticSet:
@@ -327,8 +397,10 @@ def _aggregate_files(out_dir, groups, data, labeller, seed, strategy) -> Synthet
     for i in range(len(groups)):
         path = subtask_path(out_dir, i)
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing after every worker finished; with several "
-                                    f"nodes, out_dir must be a folder they all share")
+            raise FileNotFoundError(
+                f"{path} is missing after every worker finished; with several "
+                f"nodes, out_dir must be a folder they all share"
+            )
         results.append(SyntheticSet.load(path))
     syn = aggregate(results, groups, data.num_classes, labeller)
     syn.meta.update(seed=seed, strategy=strategy, num_subtasks=len(groups))
@@ -338,14 +410,25 @@ def _aggregate_files(out_dir, groups, data, labeller, seed, strategy) -> Synthet
 
 def _write_record(out_dir, data, method, ipc, strategy, seed, cfg, groups, workers, records, start) -> None:
     """federated.json: the run's parameters, each subtask's seconds and each worker's peak memory."""
-    subtasks = sorted((dict(row, rank=r["rank"]) for r in records for row in r["subtasks"]),
-                      key=lambda row: row["index"])
-    record = {"dataset": data.name, "method": method, "ipc": ipc, "num_subtasks": len(groups),
-              "strategy": strategy, "seed": seed, "config_repr": repr(cfg), "groups": groups,
-              "world_size": workers.world_size, "device": str(workers.device),
-              "backend": dist.get_backend() if workers.distributed else None,
-              "wall_seconds": time.perf_counter() - start, "subtasks": subtasks,
-              "workers": [{k: r[k] for k in ("rank", "host", "seconds", "peak_rss_mib")} for r in records]}
+    subtasks = sorted(
+        (dict(row, rank=r["rank"]) for r in records for row in r["subtasks"]), key=lambda row: row["index"]
+    )
+    record = {
+        "dataset": data.name,
+        "method": method,
+        "ipc": ipc,
+        "num_subtasks": len(groups),
+        "strategy": strategy,
+        "seed": seed,
+        "config_repr": repr(cfg),
+        "groups": groups,
+        "world_size": workers.world_size,
+        "device": str(workers.device),
+        "backend": dist.get_backend() if workers.distributed else None,
+        "wall_seconds": time.perf_counter() - start,
+        "subtasks": subtasks,
+        "workers": [{k: r[k] for k in ("rank", "host", "seconds", "peak_rss_mib")} for r in records],
+    }
     atomic_write_bytes(Path(out_dir) / RECORD, json.dumps(record, indent=1).encode())
 
 
@@ -378,7 +461,7 @@ def subtask_ids(labels: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
 
 # --- Launching a run under torchrun from Python (notebooks, scripts) ---
 CLI_FLAGS = ("progress",)  # options of main() given without a value
-CLI_OPTIONAL = ("root",)   # options of main() left out when None (their default)
+CLI_OPTIONAL = ("root",)  # options of main() left out when None (their default)
 _AGENT_LOG = re.compile(r"^[EWI]\d{4} .*torch/distributed/", re.MULTILINE)
 
 
@@ -408,8 +491,18 @@ def torchrun_command(options: dict, nproc: int, out_dir: str | os.PathLike) -> l
             args += [f"--{name}"] if value else []
         else:
             args += [f"--{name}", _cli_value(key, value)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "ddcore.federated", "--out", str(out_dir), *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "ddcore.federated",
+        "--out",
+        str(out_dir),
+        *args,
+    ]
 
 
 def _flatten(options: dict, prefix: str = "") -> dict:
@@ -431,8 +524,10 @@ def _cli_value(key: str, value) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, int, float)):
         return str(value)
-    raise TypeError(f"option {key!r} must be a str, int, float, bool or None on the command line, got "
-                    f"{type(value).__name__}; set a nested config field by field, e.g. 'model.width'")
+    raise TypeError(
+        f"option {key!r} must be a str, int, float, bool or None on the command line, got "
+        f"{type(value).__name__}; set a nested config field by field, e.g. 'model.width'"
+    )
 
 
 def clear_run(out_dir: str | os.PathLike) -> list[Path]:
@@ -441,8 +536,7 @@ def clear_run(out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    patterns = ("subtask_*.safetensors", "subtask_*.ckpt", "labeller_*.safetensors", "experts_*",
-                AGGREGATED, RECORD)
+    patterns = ("subtask_*.safetensors", "subtask_*.ckpt", "labeller_*.safetensors", "experts_*", AGGREGATED, RECORD)
     found = sorted({p for pattern in patterns for p in out.glob(pattern)})
     for path in found:
         if path.is_dir():
@@ -452,8 +546,14 @@ def clear_run(out_dir: str | os.PathLike) -> list[Path]:
     return found
 
 
-def launch_torchrun(options: dict, nproc: int, out_dir: str | os.PathLike, threads: int = 1,
-                    fresh: bool = False, timeout_s: float | None = None) -> dict:
+def launch_torchrun(
+    options: dict,
+    nproc: int,
+    out_dir: str | os.PathLike,
+    threads: int = 1,
+    fresh: bool = False,
+    timeout_s: float | None = None,
+) -> dict:
     """Run `python -m ddcore.federated` under torchrun with `nproc` workers in a subprocess and
     return the federated.json it wrote (see torchrun_command for `options`).
 
@@ -474,19 +574,22 @@ def launch_torchrun(options: dict, nproc: int, out_dir: str | os.PathLike, threa
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     # A session of its own: on a timeout the workers are stopped with torchrun, not orphaned.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, stderr = proc.communicate()
-        raise RuntimeError(f"torchrun ran past timeout_s={timeout_s}: {shlex.join(cmd)}\n"
-                           f"{_failure_report(stderr)}") from None
+        raise RuntimeError(
+            f"torchrun ran past timeout_s={timeout_s}: {shlex.join(cmd)}\n{_failure_report(stderr)}"
+        ) from None
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"torchrun exited with status {proc.returncode}: {shlex.join(cmd)}\n"
-                           f"{_failure_report(stderr)}")
+        raise RuntimeError(
+            f"torchrun exited with status {proc.returncode}: {shlex.join(cmd)}\n{_failure_report(stderr)}"
+        )
     record = load_record(out_dir)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     record.update(launch_seconds=seconds, load_average=load, command=shlex.join(cmd))
@@ -496,9 +599,11 @@ def launch_torchrun(options: dict, nproc: int, out_dir: str | os.PathLike, threa
 def _failure_report(stderr: str, chars: int = 3000) -> str:
     """The end of what the workers wrote to stderr, then the end of torchrun's own report."""
     agent = _AGENT_LOG.search(stderr)  # torchrun's log lines follow the workers' output
-    workers = stderr[:agent.start()] if agent else stderr
-    return (f"--- the workers' stderr (end) ---\n{workers[-chars:]}\n"
-            f"--- torchrun's report (end) ---\n{stderr[-chars // 3:]}")
+    workers = stderr[: agent.start()] if agent else stderr
+    return (
+        f"--- the workers' stderr (end) ---\n{workers[-chars:]}\n"
+        f"--- torchrun's report (end) ---\n{stderr[-chars // 3 :]}"
+    )
 
 
 # --- Command line ---
@@ -557,9 +662,11 @@ def _coerce(name: str, text: str, hint):
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m ddcore.federated ...`, alone or under torchrun; unknown flags are method options."""
-    parser = argparse.ArgumentParser(prog="python -m ddcore.federated", description=__doc__.split("\n")[0],
-                                     epilog="Other --name value pairs are options of the method, "
-                                            "e.g. --iterations 200 --model.width 64.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ddcore.federated",
+        description=__doc__.split("\n")[0],
+        epilog="Other --name value pairs are options of the method, e.g. --iterations 200 --model.width 64.",
+    )
     parser.add_argument("--dataset", default="mnist5k", help="registered data set name")
     parser.add_argument("--root", default=None, help="data folder, for data sets read from disk")
     parser.add_argument("--method", default="dm", help="registered distillation method")
@@ -570,17 +677,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (shared by all nodes)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--progress", action="store_true", help="show each subtask's progress bar")
-    parser.add_argument("--timeout-minutes", type=float, default=24 * 60,
-                        help="how long finished workers wait for the others")
+    parser.add_argument(
+        "--timeout-minutes", type=float, default=24 * 60, help="how long finished workers wait for the others"
+    )
     args, extra = parser.parse_known_args(argv)
     try:
         pairs = [s for a in extra for s in (a.split("=", 1) if a.startswith("--") else [a])]  # --k=v too
         options = parse_method_options(args.method, pairs)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    syn = run_federated(args.dataset, args.method, args.ipc, args.subtasks, args.out, args.strategy,
-                        args.seed, args.device, args.progress, root=args.root,
-                        timeout_s=args.timeout_minutes * 60, **options)
+    syn = run_federated(
+        args.dataset,
+        args.method,
+        args.ipc,
+        args.subtasks,
+        args.out,
+        args.strategy,
+        args.seed,
+        args.device,
+        args.progress,
+        root=args.root,
+        timeout_s=args.timeout_minutes * 60,
+        **options,
+    )
     if syn is not None:
         print(f"{syn} -> {Path(args.out) / AGGREGATED}")
 

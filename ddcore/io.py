@@ -4,6 +4,7 @@ Synthetic sets are stored as safetensors (plain tensors plus a JSON header); che
 torch files read back with `weights_only=True`. Every writer goes through a temporary file in
 the same folder and an atomic rename, so a crash never leaves half a file behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,10 +58,11 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a valid ddcore tensor file (truncated, corrupted or "
-                         f"another format): {err}") from None
+        raise ValueError(
+            f"{path} is not a valid ddcore tensor file (truncated, corrupted or another format): {err}"
+        ) from None
     meta = header.get("__metadata__", {}).get("ddcore")
     if meta is None:
         raise ValueError(f"{path} is a safetensors file but was not written by ddcore (no 'ddcore' metadata)")
@@ -90,5 +92,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable ddcore checkpoint (truncated, corrupted or "
-                         f"another format): {type(err).__name__}: {err}") from None
+        raise ValueError(
+            f"{path} is not a readable ddcore checkpoint (truncated, corrupted or "
+            f"another format): {type(err).__name__}: {err}"
+        ) from None

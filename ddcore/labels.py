@@ -6,11 +6,12 @@ labeller (`with_soft_labels`); `with_hard_labels` gives a D3 set its priors' cla
 D3 with hard labels is evaluated without distilling again. `label_mismatch` measures how often the
 labeller disagrees with a prior's class.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 from pathlib import Path
 
 import torch
@@ -28,17 +29,18 @@ from .train import TrainConfig, train_network
 
 @dataclass
 class LabellerConfig:
-    epochs: int = 30        # on the full training set; a weak labeller caps D3 and random+soft alike.
-                            # mnist5k test accuracy, width 32, 1 thread: 5 epochs 90.7% (notebook 03's
-                            # CPU run), 12 epochs 96.7% (70 s), 20 epochs 97.8% (100 s)
+    epochs: int = 30  # on the full training set; a weak labeller caps D3 and random+soft alike.
+    # mnist5k test accuracy, width 32, 1 thread: 5 epochs 90.7% (notebook 03's
+    # CPU run), 12 epochs 96.7% (70 s), 20 epochs 97.8% (100 s)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
         check_int("epochs", self.epochs, low=1)
 
 
-def train_labeller(dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device="cpu",
-                   root: str | Path | None = None) -> nn.Module:
+def train_labeller(
+    dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device="cpu", root: str | Path | None = None
+) -> nn.Module:
     """The labeller network (eval mode, frozen), read from `root` when saved there before."""
     device = resolve_device(device)
     net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size)
@@ -56,15 +58,22 @@ def train_labeller(dataset: Dataset, cfg: LabellerConfig, seed: int = 0, device=
         torch.manual_seed(seed)
         net = build_model(cfg.model, dataset.channels, dataset.num_classes, dataset.im_size)
     net = net.to(device)
-    train_network(net, dataset.images_train.to(device), dataset.labels_train.to(device),
-                  TrainConfig(epochs=cfg.epochs), dsa_for(dataset.name), torch.Generator().manual_seed(seed))
+    train_network(
+        net,
+        dataset.images_train.to(device),
+        dataset.labels_train.to(device),
+        TrainConfig(epochs=cfg.epochs),
+        dsa_for(dataset.name),
+        torch.Generator().manual_seed(seed),
+    )
     if path is not None:
         save_tensors(path, dict(net.state_dict()), {"kind": "labeller", "config": repr(asdict(cfg))})
     return net.eval().requires_grad_(False)
 
 
-def soft_labels(labeller: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                batch_size: int = 256) -> torch.Tensor:
+def soft_labels(
+    labeller: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """softmax(labeller(images)) as float32 (n, num_classes) on the CPU, without gradients.
 
     `labeller` is any callable from images to logits; an nn.Module runs in eval mode on the
@@ -111,8 +120,10 @@ def with_hard_labels(syn: SyntheticSet) -> SyntheticSet:
     """
     lpc, num_classes = syn.meta.get("lpc"), syn.meta.get("num_classes")
     if syn.meta.get("generative") != "d3" or not isinstance(lpc, int) or not isinstance(num_classes, int):
-        raise ValueError("with_hard_labels needs a D3 set (meta 'generative' == 'd3' with 'lpc' and "
-                         f"'num_classes'); got method {syn.meta.get('method')!r}")
+        raise ValueError(
+            "with_hard_labels needs a D3 set (meta 'generative' == 'd3' with 'lpc' and "
+            f"'num_classes'); got method {syn.meta.get('method')!r}"
+        )
     labels = torch.arange(num_classes).repeat_interleave(lpc)
     meta = {**syn.meta, "method": f"{syn.meta.get('method')}+hard", "label_mismatch": 0.0}
     return replace(syn, labels=labels, meta=meta, extras=dict(syn.extras))

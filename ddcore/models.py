@@ -3,11 +3,12 @@
 Every factory returns a CPU module; the caller moves it to a device. Every network exposes
 `embed(x)` (penultimate features) and `forward(x)` (logits).
 """
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -24,9 +25,11 @@ POOLS = ("avg", "max", "none")
 
 def register_model(name: str):
     """Decorator that adds a network factory to the registry under `name`."""
+
     def wrap(fn):
         _MODELS[name] = fn
         return fn
+
     return wrap
 
 
@@ -34,8 +37,7 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, channels: int, num_classes: int, im_size: tuple[int, int],
-                 **kwargs) -> nn.Module:
+def create_model(name: str, channels: int, num_classes: int, im_size: tuple[int, int], **kwargs) -> nn.Module:
     """Build a registered network on the CPU, e.g. create_model('convnet', 1, 10, (28, 28))."""
     check_choice("model", name, available_models())
     check_int("channels", channels, low=1)
@@ -46,12 +48,13 @@ def create_model(name: str, channels: int, num_classes: int, im_size: tuple[int,
 @dataclass
 class ModelConfig:
     """Which network to build; fields a network does not take (e.g. depth for the MLP) are ignored."""
-    name: str = "convnet"   # one of available_models()
-    width: int = 128        # channels of each conv block (hidden units for the MLP)
-    depth: int = 3          # conv blocks
+
+    name: str = "convnet"  # one of available_models()
+    width: int = 128  # channels of each conv block (hidden units for the MLP)
+    depth: int = 3  # conv blocks
     norm: str = "instance"  # instance | batch | layer | none
-    act: str = "relu"       # relu | leakyrelu | sigmoid
-    pool: str = "avg"       # avg | max | none
+    act: str = "relu"  # relu | leakyrelu | sigmoid
+    pool: str = "avg"  # avg | max | none
 
 
 def build_model(cfg: ModelConfig, channels: int, num_classes: int, im_size: tuple[int, int]) -> nn.Module:
@@ -73,8 +76,7 @@ def _norm(kind: str, width: int) -> nn.Module:
 
 
 def _act(kind: str) -> nn.Module:
-    return {"relu": nn.ReLU(inplace=True), "leakyrelu": nn.LeakyReLU(0.01, inplace=True),
-            "sigmoid": nn.Sigmoid()}[kind]
+    return {"relu": nn.ReLU(inplace=True), "leakyrelu": nn.LeakyReLU(0.01, inplace=True), "sigmoid": nn.Sigmoid()}[kind]
 
 
 def _pool(kind: str) -> nn.Module:
@@ -106,14 +108,14 @@ def instance_norm_affine(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm):
     patches: exact). Returns patches (N, 9 cin, H W), w_img = scale x weight (N, cout, 9 cin)
     and shift (N, cout, 1).
     """
-    patches = F.unfold(x, 3, padding=conv.padding[0])           # (N, 9 cin, H W)
-    weight = conv.weight.flatten(1)                             # (cout, 9 cin)
-    mu = patches.mean(2, keepdim=True)                          # (N, 9 cin, 1)
+    patches = F.unfold(x, 3, padding=conv.padding[0])  # (N, 9 cin, H W)
+    weight = conv.weight.flatten(1)  # (cout, 9 cin)
+    mu = patches.mean(2, keepdim=True)  # (N, 9 cin, 1)
     centred = patches - mu
     cov = centred @ centred.transpose(1, 2) / patches.shape[2]  # (N, 9 cin, 9 cin)
-    var = ((weight @ cov) * weight).sum(-1)                     # (N, cout)
+    var = ((weight @ cov) * weight).sum(-1)  # (N, cout)
     scale = (norm.weight * torch.rsqrt(var + norm.eps))[:, :, None]  # (N, cout, 1)
-    mean_out = weight @ mu + conv.bias[:, None]                 # (N, cout, 1)
+    mean_out = weight @ mu + conv.bias[:, None]  # (N, cout, 1)
     # the bias enters the output and its mean alike, so its gradient is exactly 0, as the norm
     # makes it; it stays in the graph (torch.autograd.grad over all parameters needs that)
     shift = norm.bias[:, None] + scale * (conv.bias[:, None] - mean_out)
@@ -137,8 +139,17 @@ class ConvNet(_CheckedInput):
     and three poolings leave 4x4 features.
     """
 
-    def __init__(self, channels: int, num_classes: int, im_size: tuple[int, int], width: int = 128,
-                 depth: int = 3, norm: str = "instance", act: str = "relu", pool: str = "avg"):
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instance",
+        act: str = "relu",
+        pool: str = "avg",
+    ):
         super().__init__()
         check_int("width", width, low=1)
         check_int("depth", depth, low=1)
@@ -152,14 +163,20 @@ class ConvNet(_CheckedInput):
         self._first_size = (h, w)  # the first conv's output size
         layers, in_ch = [], channels
         for d in range(depth):
-            layers += [nn.Conv2d(in_ch, width, 3, padding=pad if d == 0 else 1),
-                       _norm(norm, width), _act(act), _pool(pool)]
+            layers += [
+                nn.Conv2d(in_ch, width, 3, padding=pad if d == 0 else 1),
+                _norm(norm, width),
+                _act(act),
+                _pool(pool),
+            ]
             in_ch = width
             if pool != "none":
                 h, w = h // 2, w // 2
             if h < 1 or w < 1:
-                raise ValueError(f"depth={depth} is too deep for im_size={self.im_size}: "
-                                 f"the feature map vanishes after {d + 1} poolings")
+                raise ValueError(
+                    f"depth={depth} is too deep for im_size={self.im_size}: "
+                    f"the feature map vanishes after {d + 1} poolings"
+                )
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * h * w
         self.classifier = nn.Linear(self.feature_dim, num_classes)
@@ -188,8 +205,13 @@ class MLP(_CheckedInput):
         super().__init__()
         check_int("width", width, low=1)
         self.channels, self.im_size, self.num_classes = channels, tuple(im_size), num_classes
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(channels * im_size[0] * im_size[1], width),
-                                  nn.ReLU(inplace=True), nn.Linear(width, width), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * im_size[0] * im_size[1], width),
+            nn.ReLU(inplace=True),
+            nn.Linear(width, width),
+            nn.ReLU(inplace=True),
+        )
         self.feature_dim = width
         self.classifier = nn.Linear(width, num_classes)
 

@@ -12,6 +12,7 @@ notebook and the cell, unless --keep-going is given.
 notebooks/, their figures into the tracked figures/: the outputs readers and nbval see then come
 from the committed code. Every other run writes figures under results/ and leaves figures/ alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def profile_parameters(profile: str, notebook: str, _seen: tuple[str, ...] = ())
     spec = yaml.safe_load((PROFILES / f"{profile}.yaml").read_text()) or {}
     unknown = set(spec) - {"all", "extends"} - set(available_notebooks())
     if unknown:
-        raise ValueError(f"profile {profile} names unknown notebooks {sorted(unknown)}; "
-                         f"notebooks are {available_notebooks()}")
+        raise ValueError(
+            f"profile {profile} names unknown notebooks {sorted(unknown)}; notebooks are {available_notebooks()}"
+        )
     base = profile_parameters(spec["extends"], notebook, _seen + (profile,)) if "extends" in spec else {}
     return {**base, **(spec.get("all") or {}), **(spec.get(notebook) or {})}
 
@@ -85,6 +87,7 @@ def ipc_kernel_manager():
         @default("transport")
         def _default_transport(self):
             return "ipc"
+
     return IPCKernelManager
 
 
@@ -101,16 +104,27 @@ def run_notebook(name: str, profile: str | None, out_dir: Path, progress: bool =
     if profile is None:  # no parameters: papermill injects no cell, the committed code runs as it is
         params = {}
     else:
-        params = {**profile_parameters(profile, name), "output_dir": str(out_dir),
-                  "figures_dir": str(out_dir / "figures")}
+        params = {
+            **profile_parameters(profile, name),
+            "output_dir": str(out_dir),
+            "figures_dir": str(out_dir / "figures"),
+        }
     start, started = time.perf_counter(), time.time()
     try:
-        pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=params,
-                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3",
-                            kernel_manager_class=ipc_kernel_manager())
+        pm.execute_notebook(
+            str(NOTEBOOKS / f"{name}.ipynb"),
+            str(output),
+            parameters=params,
+            cwd=str(NOTEBOOKS),
+            progress_bar=progress,
+            kernel_name="python3",
+            kernel_manager_class=ipc_kernel_manager(),
+        )
     except pm.PapermillExecutionError as err:
-        raise NotebookFailed(f"notebook {name} failed in cell In [{err.exec_count}] ({err.ename}: {err.evalue}); "
-                             f"its partial output is {output}") from None
+        raise NotebookFailed(
+            f"notebook {name} failed in cell In [{err.exec_count}] ({err.ename}: {err.evalue}); "
+            f"its partial output is {output}"
+        ) from None
     if profile is None:  # only a run that finished replaces the committed notebook
         shutil.copy2(output, NOTEBOOKS / f"{name}.ipynb")
         publish_figures(ROOT / "results" / "figures", ROOT / "figures", since=started)
@@ -135,14 +149,23 @@ def summarize_results(out_dir: Path, outcomes: list[Outcome]) -> pd.DataFrame:
             frames.append(pd.DataFrame(load_results(path)["rows"]).assign(notebook=o.name))
     summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["notebook"])
     summary.to_csv(out_dir / "summary.csv", index=False)
-    status = pd.DataFrame([{"notebook": o.name, "ok": o.ok, "seconds": round(o.seconds, 1),
-                            "output": str(o.output), "error": o.error} for o in outcomes])
+    status = pd.DataFrame(
+        [
+            {"notebook": o.name, "ok": o.ok, "seconds": round(o.seconds, 1), "output": str(o.output), "error": o.error}
+            for o in outcomes
+        ]
+    )
     status.to_csv(out_dir / "status.csv", index=False)
     return summary
 
 
-def reproduce(profile: str | None = "cpu", only: list[str] | None = None, keep_going: bool = False,
-              results_root: Path | str = ROOT / "results", progress: bool = True) -> list[Outcome]:
+def reproduce(
+    profile: str | None = "cpu",
+    only: list[str] | None = None,
+    keep_going: bool = False,
+    results_root: Path | str = ROOT / "results",
+    progress: bool = True,
+) -> list[Outcome]:
     """Run the notebooks under a profile (None: in place, see the module's docstring)."""
     if profile is not None:
         check_choice("profile", profile, available_profiles())
@@ -176,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"some of {available_notebooks()}")
     parser.add_argument("--keep-going", action="store_true", help="run the other notebooks when one fails")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results root folder")
-    parser.add_argument("--in-place", action="store_true",
-                        help="execute the committed notebooks with their defaults into notebooks/ and figures/")
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="execute the committed notebooks with their defaults into notebooks/ and figures/",
+    )
     args = parser.parse_args(argv)
     try:
         reproduce(None if args.in_place else args.profile, args.only, args.keep_going, args.results)

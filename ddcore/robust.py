@@ -12,6 +12,7 @@ Everything is differentiable in the losses. The released code builds its CVaR fr
 NumPy values and adds it as a constant, so its gradient is that of the plain mean loss
 (tests/test_robust.py shows both); here the gradient really flows through the worst samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,12 +24,24 @@ import torch.nn as nn
 
 from .augment import DSAConfig
 from .checks import check_choice, check_float, check_int
-from .fastpath import embed
 from .cluster import Clusters, assign, kmeans, voronoi_cells
+from .fastpath import embed
 from .train import TrainConfig, train_network
 
-__all__ = ["RobustConfig", "cvar", "cluster_cvars", "robust_risk", "normalized_robust_risk", "tail_size",
-           "Subpopulations", "train_network_robust", "CLUSTERINGS", "SPACES", "DC_RISKS", "DM_OBJECTIVES"]
+__all__ = [
+    "RobustConfig",
+    "cvar",
+    "cluster_cvars",
+    "robust_risk",
+    "normalized_robust_risk",
+    "tail_size",
+    "Subpopulations",
+    "train_network_robust",
+    "CLUSTERINGS",
+    "SPACES",
+    "DC_RISKS",
+    "DM_OBJECTIVES",
+]
 
 CLUSTERINGS = ("synthetic", "kmeans")
 SPACES = ("pixels", "embedding")
@@ -39,27 +52,27 @@ DM_OBJECTIVES = ("cluster_means", "double_layer")
 @dataclass
 class RobustConfig:
     clustering: str = "synthetic"  # synthetic: nearest synthetic image of the class (the paper) | kmeans: per class
-    k: int = 10                    # clusters per class, for clustering='kmeans'
-    space: str = "embedding"       # where K-means runs: 'pixels' or 'embedding' (the network's penultimate features)
-    alpha: float = 0.8             # CVaR level: the worst alpha fraction of each cluster's losses counts
-    max_weight: float = 1.0        # weight of the worst cluster's CVaR, added to the mean over clusters
-    recluster_every: int = 10      # K-means refit period in steps; new points are assigned in between
-    chunk_size: int | None = 256   # DC's robust step trains on all of T' (10 x 256 images) at once: this
-                                   # many per forward/backward pass, same gradient (train.chunked_backward).
-                                   # bench/run.py, mnist5k ipc 50: 7.6 -> 2.9 GiB peak, 43 -> 40 s per
-                                   # iteration, despite the extra forward it costs. None: one pass
-    dc_risk: str = "target"        # DC only, where the risk acts: 'target': the real gradient matched is that
-                                   # of the risk (dc.robust_class_gradients); 'network': one SGD step of the
-                                   # network on the risk per outer step (the paper's Algorithm 1; the target
-                                   # stays the mean loss's); 'both'
+    k: int = 10  # clusters per class, for clustering='kmeans'
+    space: str = "embedding"  # where K-means runs: 'pixels' or 'embedding' (the network's penultimate features)
+    alpha: float = 0.8  # CVaR level: the worst alpha fraction of each cluster's losses counts
+    max_weight: float = 1.0  # weight of the worst cluster's CVaR, added to the mean over clusters
+    recluster_every: int = 10  # K-means refit period in steps; new points are assigned in between
+    chunk_size: int | None = 256  # DC's robust step trains on all of T' (10 x 256 images) at once: this
+    # many per forward/backward pass, same gradient (train.chunked_backward).
+    # bench/run.py, mnist5k ipc 50: 7.6 -> 2.9 GiB peak, 43 -> 40 s per
+    # iteration, despite the extra forward it costs. None: one pass
+    dc_risk: str = "target"  # DC only, where the risk acts: 'target': the real gradient matched is that
+    # of the risk (dc.robust_class_gradients); 'network': one SGD step of the
+    # network on the risk per outer step (the paper's Algorithm 1; the target
+    # stays the mean loss's); 'both'
     dm_objective: str = "cluster_means"  # DM only: 'cluster_means' (dm.cluster_means_loss, CVaR over clusters
-                                   # of ||m_c - mu_k||^2) | 'double_layer' (dm.double_layer_loss, CVaR in each
-                                   # synthetic image's Voronoi cell; needs clustering='synthetic')
-    robust_weight: float = 0.1     # DM's 'double_layer': weight of the cell risk added to the plain DM term. The
-                                   # cell term is stiff: mnist5k ipc 10, fresh ConvNet, per-image gradient norm
-                                   # vs plain DM's: median 1.8x, worst cell's image 20-40x (width 32 and 128);
-                                   # at lr_img 1, weight 1 moved one image 26 (L2, normalised pixels) in 30
-                                   # iterations vs at most 3.3 for plain DM; weight 0.1: 5.0
+    # of ||m_c - mu_k||^2) | 'double_layer' (dm.double_layer_loss, CVaR in each
+    # synthetic image's Voronoi cell; needs clustering='synthetic')
+    robust_weight: float = 0.1  # DM's 'double_layer': weight of the cell risk added to the plain DM term. The
+    # cell term is stiff: mnist5k ipc 10, fresh ConvNet, per-image gradient norm
+    # vs plain DM's: median 1.8x, worst cell's image 20-40x (width 32 and 128);
+    # at lr_img 1, weight 1 moved one image 26 (L2, normalised pixels) in 30
+    # iterations vs at most 3.3 for plain DM; weight 0.1: 5.0
 
     def __post_init__(self):
         check_choice("clustering", self.clustering, CLUSTERINGS)
@@ -75,8 +88,10 @@ class RobustConfig:
         check_float("robust_weight", self.robust_weight, low=0.0)
         if self.dm_objective == "double_layer" and self.clustering != "synthetic":
             # its cells are defined by the synthetic images; K-means clusters have no image to measure from
-            raise ValueError(f"dm_objective='double_layer' uses each synthetic image's Voronoi cell; it needs "
-                             f"clustering='synthetic', got clustering={self.clustering!r}")
+            raise ValueError(
+                f"dm_objective='double_layer' uses each synthetic image's Voronoi cell; it needs "
+                f"clustering='synthetic', got clustering={self.clustering!r}"
+            )
 
     @property
     def cluster_space(self) -> str:
@@ -122,23 +137,25 @@ def cluster_cvars(losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float)
     _check_losses(losses)
     ids = cluster_ids.to(losses.device)
     if ids.shape != losses.shape or ids.is_floating_point():
-        raise ValueError(f"cluster_ids must be integers of shape {tuple(losses.shape)}, got "
-                         f"{ids.dtype} {tuple(ids.shape)}")
+        raise ValueError(
+            f"cluster_ids must be integers of shape {tuple(losses.shape)}, got {ids.dtype} {tuple(ids.shape)}"
+        )
     if ids.min() < 0:
         raise ValueError("cluster_ids must be >= 0")
-    counts = torch.bincount(ids)                                        # (K,)
-    order = torch.argsort(losses, descending=True, stable=True)         # worst first...
-    order = order[torch.argsort(ids[order], stable=True)]               # ...within each cluster
+    counts = torch.bincount(ids)  # (K,)
+    order = torch.argsort(losses, descending=True, stable=True)  # worst first...
+    order = order[torch.argsort(ids[order], stable=True)]  # ...within each cluster
     sorted_ids = ids[order]
     rank = torch.arange(len(ids), device=ids.device) - (torch.cumsum(counts, 0) - counts)[sorted_ids]
     tail = torch.ceil(alpha * counts.double() - 1e-9).clamp(min=1)[sorted_ids]  # same as tail_size
-    weight = (rank < tail).to(losses.dtype) / tail.to(losses.dtype)      # 1/k on each cluster's tail
+    weight = (rank < tail).to(losses.dtype) / tail.to(losses.dtype)  # 1/k on each cluster's tail
     cvars = losses.new_zeros(len(counts)).index_add(0, sorted_ids, losses[order] * weight)
     return cvars, counts > 0
 
 
-def robust_risk(losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float = 0.8,
-                max_weight: float = 1.0) -> torch.Tensor:
+def robust_risk(
+    losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float = 0.8, max_weight: float = 1.0
+) -> torch.Tensor:
     """Mean over clusters of their CVaR at alpha, plus max_weight times the largest such CVaR.
 
     losses: (N,) per-sample losses (e.g. cross-entropy with reduction='none'); cluster_ids: (N,)
@@ -151,9 +168,9 @@ def robust_risk(losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float = 
     return mean + max_weight * worst
 
 
-
-def normalized_robust_risk(losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float = 0.8,
-                           max_weight: float = 1.0) -> torch.Tensor:
+def normalized_robust_risk(
+    losses: torch.Tensor, cluster_ids: torch.Tensor, alpha: float = 0.8, max_weight: float = 1.0
+) -> torch.Tensor:
     """robust_risk / (1 + max_weight): with one cluster and alpha = 1 it is exactly losses.mean().
 
     R(l) = [mean_k CVaR_alpha(l_k) + max_weight * max_k CVaR_alpha(l_k)] / (1 + max_weight), l_k the
@@ -178,7 +195,7 @@ class Subpopulations:
     def __init__(self, cfg: RobustConfig, seed: int = 0):
         self.cfg, self.seed = cfg, seed
         self._fits: dict[int, tuple[Clusters, int]] = {}  # class -> (its K-means, step of the fit)
-        self._net = None                                    # weak reference to the embedding net
+        self._net = None  # weak reference to the embedding net
 
     @torch.no_grad()
     def features(self, net: nn.Module, images: torch.Tensor, space: str) -> torch.Tensor:
@@ -186,8 +203,15 @@ class Subpopulations:
         check_choice("space", space, SPACES)
         return images.detach().flatten(1) if space == "pixels" else embed(net, images.detach())
 
-    def __call__(self, step: int, net: nn.Module, images_real: torch.Tensor, labels_real: torch.Tensor,
-                 images_syn: torch.Tensor | None = None, labels_syn: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        step: int,
+        net: nn.Module,
+        images_real: torch.Tensor,
+        labels_real: torch.Tensor,
+        images_syn: torch.Tensor | None = None,
+        labels_syn: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(N,) int64 cluster ids of images_real, on their device."""
         if self.cfg.clustering == "synthetic" and (images_syn is None or labels_syn is None):
             raise ValueError("clustering='synthetic' needs images_syn and labels_syn")
@@ -195,9 +219,15 @@ class Subpopulations:
         feats_syn = self.features(net, images_syn, "embedding") if self.cfg.clustering == "synthetic" else None
         return self.from_features(step, net, feats, labels_real, feats_syn, labels_syn)
 
-    def from_features(self, step: int, net: nn.Module | None, features_real: torch.Tensor,
-                      labels_real: torch.Tensor, features_syn: torch.Tensor | None = None,
-                      labels_syn: torch.Tensor | None = None) -> torch.Tensor:
+    def from_features(
+        self,
+        step: int,
+        net: nn.Module | None,
+        features_real: torch.Tensor,
+        labels_real: torch.Tensor,
+        features_syn: torch.Tensor | None = None,
+        labels_syn: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Ids from features the caller already has, e.g. the embeddings of the forward it needs anyway.
 
         features_real must be in `cfg.cluster_space` (the embedding for Voronoi cells, else `cfg.space`);
@@ -228,13 +258,21 @@ class Subpopulations:
 
 
 # --- Training with the robust risk ---
-def train_network_robust(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cluster_ids: torch.Tensor,
-                         cfg: TrainConfig, robust: RobustConfig, dsa: DSAConfig | None,
-                         generator: torch.Generator) -> list[float]:
+def train_network_robust(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cluster_ids: torch.Tensor,
+    cfg: TrainConfig,
+    robust: RobustConfig,
+    dsa: DSAConfig | None,
+    generator: torch.Generator,
+) -> list[float]:
     """`train.train_network`, but each batch minimises robust_risk instead of the mean loss.
 
     Returns the mean robust risk of each epoch. Tensors must be on the net's device.
     """
+
     def risk(losses: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return robust_risk(losses, cluster_ids[idx], robust.alpha, robust.max_weight)
 

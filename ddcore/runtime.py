@@ -1,4 +1,5 @@
 """Devices and seeds: the two things every run needs and nothing else should decide."""
+
 from __future__ import annotations
 
 import ctypes

@@ -10,6 +10,7 @@ An aggregated set (subtask decomposition) counts each subtask's images or priors
 IPC-equivalent = values kept / (num_classes x values of one image): the number of real images
 per class the same budget would hold.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -55,13 +56,13 @@ def storage_table(sets: dict) -> pd.DataFrame:
     """One row per named set: method, ipc and every storage() figure."""
     rows = []
     for name, syn in sets.items():
-        rows.append({"set": str(name), "method": syn.meta.get("method"), "ipc": syn.meta.get("ipc"),
-                     **storage(syn)})
+        rows.append({"set": str(name), "method": syn.meta.get("method"), "ipc": syn.meta.get("ipc"), **storage(syn)})
     return pd.DataFrame(rows)
 
 
-def d3_ipc_equivalent(num_classes: int, lpc: int, latent_dim: int, decoder_values: int, image_values: int,
-                      num_decoders: int = 1) -> float:
+def d3_ipc_equivalent(
+    num_classes: int, lpc: int, latent_dim: int, decoder_values: int, image_values: int, num_decoders: int = 1
+) -> float:
     """The storage model of D3: IPC-equivalent of lpc priors per class, their soft labels and
     `num_decoders` decoders (one per subtask) of `decoder_values` weights each.
 
@@ -69,8 +70,13 @@ def d3_ipc_equivalent(num_classes: int, lpc: int, latent_dim: int, decoder_value
     cost is spread over the classes, so it pays off as num_classes grows; the soft labels grow
     with num_classes too, so the curve has a minimum.
     """
-    for name, value in (("num_classes", num_classes), ("lpc", lpc), ("latent_dim", latent_dim),
-                        ("image_values", image_values), ("num_decoders", num_decoders)):
+    for name, value in (
+        ("num_classes", num_classes),
+        ("lpc", lpc),
+        ("latent_dim", latent_dim),
+        ("image_values", image_values),
+        ("num_decoders", num_decoders),
+    ):
         check_int(name, value, low=1)
     check_int("decoder_values", decoder_values, low=0)
     values = num_classes * lpc * (2 * latent_dim + num_classes) + num_decoders * decoder_values

@@ -19,6 +19,7 @@ convolutions run one after the other or as one grouped convolution. On a GPU the
 batches leave most of the device idle, so one launch for S of them should help: by design, not
 measured here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,14 @@ from .train import Resample, TrainConfig, augment_batch, set_epoch_lr
 Tensors = dict[str, torch.Tensor]
 
 
-def train_side_by_side(nets: Sequence[nn.Module], data: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                       cfg: TrainConfig, dsa: DSAConfig | None, generators: Sequence[torch.Generator],
-                       resamples: Sequence[Resample | None] | None = None) -> list[list[float]]:
+def train_side_by_side(
+    nets: Sequence[nn.Module],
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    dsa: DSAConfig | None,
+    generators: Sequence[torch.Generator],
+    resamples: Sequence[Resample | None] | None = None,
+) -> list[list[float]]:
     """Train `nets` (one architecture, one device) in place, together, with SGD.
 
     Parameters
@@ -72,12 +78,16 @@ def train_side_by_side(nets: Sequence[nn.Module], data: Sequence[tuple[torch.Ten
 def _check(nets, data, generators, resamples, cfg: TrainConfig) -> None:
     """Raise before training for what this loop does not do (rather than do it differently)."""
     if not len(nets) == len(data) == len(generators) == len(resamples):
-        raise ValueError(f"{len(nets)} nets need as many data, generators and resamples; got "
-                         f"{len(data)}, {len(generators)} and {len(resamples)}")
+        raise ValueError(
+            f"{len(nets)} nets need as many data, generators and resamples; got "
+            f"{len(data)}, {len(generators)} and {len(resamples)}"
+        )
     n = len(data[0][0])
     if cfg.chunk_size is not None and cfg.chunk_size < min(cfg.batch_size, n):
-        raise NotImplementedError(f"side_by_side does not support TrainConfig.chunk_size={cfg.chunk_size} "
-                                  f"(< batch_size={cfg.batch_size}); use side_by_side=False or chunk_size=None")
+        raise NotImplementedError(
+            f"side_by_side does not support TrainConfig.chunk_size={cfg.chunk_size} "
+            f"(< batch_size={cfg.batch_size}); use side_by_side=False or chunk_size=None"
+        )
 
 
 def _stacked_forward(net: nn.Module):
@@ -87,11 +97,13 @@ def _stacked_forward(net: nn.Module):
 
     def one(p: Tensors, b: Tensors, x: torch.Tensor) -> torch.Tensor:
         return functional_call(template, (p, b), (x,))
+
     return vmap(one)
 
 
-def _epoch(forward, opt, params: Tensors, buffers: Tensors, data, cfg: TrainConfig,
-           dsa: DSAConfig | None, generators) -> torch.Tensor:
+def _epoch(
+    forward, opt, params: Tensors, buffers: Tensors, data, cfg: TrainConfig, dsa: DSAConfig | None, generators
+) -> torch.Tensor:
     """One epoch of every student; returns each one's mean loss, (S,)."""
     n, device = len(data[0][0]), data[0][0].device
     if any(len(images) != n for images, _ in data):

@@ -18,6 +18,7 @@ Transforms act on [0, 1] pixels (`dataset.to_unit`) and are normalised back:
 
 Any registered data set can be the base (`mnist5k`, `fashion_mnist`, ...).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,9 @@ def _rare_mask(labels: torch.Tensor, num_classes: int, rare_fraction: float, see
     return rare
 
 
-def make_rare_subgroups(dataset: Dataset, rare_fraction: float = 0.1, transform: str = "invert",
-                        seed: int = 0) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
+def make_rare_subgroups(
+    dataset: Dataset, rare_fraction: float = 0.1, transform: str = "invert", seed: int = 0
+) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
     """(dataset with a rare transformed subgroup per class, train_groups, test_groups).
 
     Group ids: 0 common, 1 rare. Train images keep their order (only the rare ones change); the
@@ -87,6 +89,11 @@ def make_rare_subgroups(dataset: Dataset, rare_fraction: float = 0.1, transform:
     images_test = torch.cat([dataset.images_test, _transform(dataset, dataset.images_test, transform)])
     n_test = len(dataset.labels_test)
     test_groups = torch.cat([torch.zeros(n_test, dtype=torch.long), torch.ones(n_test, dtype=torch.long)])
-    out = dataclasses.replace(dataset, name=f"{dataset.name}_rare", images_train=images_train,
-                              images_test=images_test, labels_test=dataset.labels_test.repeat(2))
+    out = dataclasses.replace(
+        dataset,
+        name=f"{dataset.name}_rare",
+        images_train=images_train,
+        images_test=images_test,
+        labels_test=dataset.labels_test.repeat(2),
+    )
     return out, rare.long(), test_groups

@@ -1,4 +1,5 @@
 """The synthetic set: what every distillation method returns and every evaluation takes."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,9 @@ class SyntheticSet:
     `extras` holds any further tensors a method needs to keep (e.g. D3's priors and decoder);
     `meta` holds method, dataset, ipc, seed, num_classes and the method's config as plain values.
     """
-    images: torch.Tensor                      # (n, C, H, W)
-    labels: torch.Tensor                      # (n,) int64, or (n, num_classes) float soft labels
+
+    images: torch.Tensor  # (n, C, H, W)
+    labels: torch.Tensor  # (n,) int64, or (n, num_classes) float soft labels
     meta: dict = field(default_factory=dict)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -31,8 +33,10 @@ class SyntheticSet:
 
     def __repr__(self) -> str:
         kind = "soft" if self.soft_labels else "hard"
-        return (f"SyntheticSet(method={self.meta.get('method')!r}, dataset={self.meta.get('dataset')!r}, "
-                f"ipc={self.meta.get('ipc')}, images={tuple(self.images.shape)}, {kind} labels)")
+        return (
+            f"SyntheticSet(method={self.meta.get('method')!r}, dataset={self.meta.get('dataset')!r}, "
+            f"ipc={self.meta.get('ipc')}, images={tuple(self.images.shape)}, {kind} labels)"
+        )
 
     @property
     def soft_labels(self) -> bool:
@@ -43,7 +47,7 @@ class SyntheticSet:
         """Class of each image (argmax of soft labels)."""
         return self.labels.argmax(1) if self.soft_labels else self.labels
 
-    def parts(self) -> list["SyntheticSet"]:
+    def parts(self) -> list[SyntheticSet]:
         """The per-subtask sets an aggregated set was made of (ddcore.federated.aggregate), with
         their rows, global labels, meta and extras; [self] for a set that is not aggregated."""
         if "parts" not in self.meta:
@@ -51,20 +55,22 @@ class SyntheticSet:
         out, start = [], 0
         for i, (meta, size) in enumerate(zip(self.meta["parts"], self.meta["sizes"])):
             prefix = f"subtask_{i}."
-            extras = {k[len(prefix):]: v for k, v in self.extras.items() if k.startswith(prefix)}
+            extras = {k[len(prefix) :]: v for k, v in self.extras.items() if k.startswith(prefix)}
             rows = slice(start, start + size)
             out.append(SyntheticSet(self.images[rows], self.labels[rows], meta, extras))
             start += size
         return out
 
-    def snapshot(self, iteration: int) -> "SyntheticSet":
+    def snapshot(self, iteration: int) -> SyntheticSet:
         """The set as it was after `iteration` steps (0 = its initialisation), kept when it was
         distilled with `distill(..., snapshots=[...])`; same labels, no extras."""
         key = f"snapshot_{iteration}.images_syn"
         if key not in self.extras:
             kept = self.meta.get("snapshots", [])
-            raise KeyError(f"no snapshot of the images at iteration {iteration}; this set kept {kept} "
-                           f"(pass snapshots=[...] to distill; methods that learn no images keep none)")
+            raise KeyError(
+                f"no snapshot of the images at iteration {iteration}; this set kept {kept} "
+                f"(pass snapshots=[...] to distill; methods that learn no images keep none)"
+            )
         meta = {**self.meta, "iteration": iteration}
         meta.pop("snapshots", None)
         return SyntheticSet(self.extras[key].clone(), self.labels.clone(), meta)
@@ -76,12 +82,12 @@ class SyntheticSet:
         save_tensors(path, tensors, {"kind": "SyntheticSet", "version": FORMAT_VERSION, **self.meta})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SyntheticSet":
+    def load(cls, path: str | os.PathLike) -> SyntheticSet:
         tensors, meta = load_tensors(path)
         if meta.pop("kind", None) != "SyntheticSet":
             raise ValueError(f"{path} holds no SyntheticSet")
         version = meta.pop("version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {version}; this ddcore reads {FORMAT_VERSION}")
-        extras = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        extras = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
         return cls(tensors["images"], tensors["labels"], meta, extras)

@@ -14,6 +14,7 @@ ddcore/distill/dm.py (they work on embeddings, and here the embedding is phi):
 
 `distill_toy` returns the points' trajectories; `robust_plots.toy_plot` draws them.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,18 @@ from .checks import check_float, check_int
 from .distill.dm import cluster_means_loss, double_layer_loss, mean_matching_loss
 from .robust import RobustConfig, Subpopulations
 
-__all__ = ["ToyConfig", "ToyData", "ToyRun", "OBJECTIVES", "make_toy", "random_features", "toy_loss",
-           "distill_toy", "run_toy", "distance_to_rare"]
+__all__ = [
+    "ToyConfig",
+    "ToyData",
+    "ToyRun",
+    "OBJECTIVES",
+    "make_toy",
+    "random_features",
+    "toy_loss",
+    "distill_toy",
+    "run_toy",
+    "distance_to_rare",
+]
 
 # The objectives the toy compares, by the name its figure shows. K-means runs in the plane (the
 # toy's 'pixels'). The double layer's cell term is stiffer than the plain term (each image answers
@@ -35,26 +46,25 @@ __all__ = ["ToyConfig", "ToyData", "ToyRun", "OBJECTIVES", "make_toy", "random_f
 OBJECTIVES: dict[str, RobustConfig | None] = {
     "plain DM (mean matching)": None,
     "cluster means, Voronoi cells": RobustConfig(dm_objective="cluster_means", clustering="synthetic"),
-    "cluster means, K-means k=2": RobustConfig(dm_objective="cluster_means", clustering="kmeans", k=2,
-                                               space="pixels"),
+    "cluster means, K-means k=2": RobustConfig(dm_objective="cluster_means", clustering="kmeans", k=2, space="pixels"),
     "double layer": RobustConfig(dm_objective="double_layer", robust_weight=0.2),
 }
 
 
 @dataclass
 class ToyConfig:
-    num_classes: int = 2         # classes; their common modes sit evenly on a circle
-    n_per_class: int = 400       # real points per class
-    rare_fraction: float = 0.1   # share of each class in its rare mode
-    radius: float = 2.0          # distance of each common mode from the origin
-    rare_offset: float = 3.0     # distance from a class's common mode to its rare mode (at a right angle)
-    spread: float = 0.3          # standard deviation of every mode
-    ipc: int = 3                 # synthetic points per class
-    features: int = 128          # random ReLU features per "network"
-    iterations: int = 400        # gradient steps on the synthetic points
-    lr: float = 0.03             # SGD on the points, momentum as DM's
+    num_classes: int = 2  # classes; their common modes sit evenly on a circle
+    n_per_class: int = 400  # real points per class
+    rare_fraction: float = 0.1  # share of each class in its rare mode
+    radius: float = 2.0  # distance of each common mode from the origin
+    rare_offset: float = 3.0  # distance from a class's common mode to its rare mode (at a right angle)
+    spread: float = 0.3  # standard deviation of every mode
+    ipc: int = 3  # synthetic points per class
+    features: int = 128  # random ReLU features per "network"
+    iterations: int = 400  # gradient steps on the synthetic points
+    lr: float = 0.03  # SGD on the points, momentum as DM's
     momentum: float = 0.5
-    seed: int = 0                # data, initial points and every network are drawn from it
+    seed: int = 0  # data, initial points and every network are drawn from it
 
     def __post_init__(self):
         for name in ("num_classes", "n_per_class", "ipc", "features"):
@@ -68,29 +78,29 @@ class ToyConfig:
 
 @dataclass
 class ToyData:
-    X: torch.Tensor             # (N, 2) real points
-    y: torch.Tensor             # (N,) class of each point
-    rare: torch.Tensor          # (N,) bool: drawn from its class's rare mode
+    X: torch.Tensor  # (N, 2) real points
+    y: torch.Tensor  # (N,) class of each point
+    rare: torch.Tensor  # (N,) bool: drawn from its class's rare mode
     common_modes: torch.Tensor  # (C, 2) centre of each class's common mode
-    rare_modes: torch.Tensor    # (C, 2) centre of each class's rare mode
+    rare_modes: torch.Tensor  # (C, 2) centre of each class's rare mode
 
 
 @dataclass
 class ToyRun:
-    path: torch.Tensor          # (iterations + 1, C * ipc, 2): the synthetic points at each step
-    labels: torch.Tensor        # (C * ipc,) class of each synthetic point
-    losses: list[float]         # the objective at each step
+    path: torch.Tensor  # (iterations + 1, C * ipc, 2): the synthetic points at each step
+    labels: torch.Tensor  # (C * ipc,) class of each synthetic point
+    losses: list[float]  # the objective at each step
 
 
 def make_toy(cfg: ToyConfig) -> ToyData:
     """The real points: per class n_per_class draws, round(rare_fraction * n) of them from the rare mode."""
     gen = torch.Generator().manual_seed(cfg.seed)
     angle = 2 * math.pi * torch.arange(cfg.num_classes, dtype=torch.float64) / cfg.num_classes
-    direction = torch.stack([angle.cos(), angle.sin()], 1).float()            # (C, 2) unit vectors
+    direction = torch.stack([angle.cos(), angle.sin()], 1).float()  # (C, 2) unit vectors
     common = cfg.radius * direction
     rare = common + cfg.rare_offset * direction @ torch.tensor([[0.0, 1.0], [-1.0, 0.0]])  # turned 90 degrees
     n_rare = round(cfg.rare_fraction * cfg.n_per_class)
-    is_rare = torch.arange(cfg.n_per_class) < n_rare                           # (n,) the first n_rare
+    is_rare = torch.arange(cfg.n_per_class) < n_rare  # (n,) the first n_rare
     centres = torch.where(is_rare[None, :, None], rare[:, None], common[:, None])  # (C, n, 2)
     X = centres + cfg.spread * torch.randn(centres.shape, generator=gen)
     y = torch.arange(cfg.num_classes).repeat_interleave(cfg.n_per_class)
@@ -102,19 +112,27 @@ def random_features(num_features: int, generator: torch.Generator) -> tuple[torc
     return torch.randn(num_features, 2, generator=generator), torch.randn(num_features, generator=generator)
 
 
-def toy_loss(data: ToyData, syn: torch.Tensor, labels_syn: torch.Tensor, net: tuple[torch.Tensor, torch.Tensor],
-             robust: RobustConfig | None, subpops: Subpopulations | None, it: int) -> torch.Tensor:
+def toy_loss(
+    data: ToyData,
+    syn: torch.Tensor,
+    labels_syn: torch.Tensor,
+    net: tuple[torch.Tensor, torch.Tensor],
+    robust: RobustConfig | None,
+    subpops: Subpopulations | None,
+    it: int,
+) -> torch.Tensor:
     """DM's objective (robust=None) or robust.dm_objective, on the features of this "network"."""
     W, b = net
     num_classes = int(data.y.max()) + 1
-    feat_real = torch.relu(data.X @ W.T + b)   # (N, F), no gradient needed
-    feat_syn = torch.relu(syn @ W.T + b)        # (C ipc, F)
+    feat_real = torch.relu(data.X @ W.T + b)  # (N, F), no gradient needed
+    feat_syn = torch.relu(syn @ W.T + b)  # (C ipc, F)
     plain = mean_matching_loss(feat_real, data.y, feat_syn, labels_syn, num_classes)
     if robust is None:
         return plain
     if robust.dm_objective == "double_layer":  # as dm.dm_double_layer_loss, on phi instead of net.embed
-        return plain + robust.robust_weight * double_layer_loss(feat_real, data.y, feat_syn, labels_syn,
-                                                                robust.alpha, robust.max_weight)
+        return plain + robust.robust_weight * double_layer_loss(
+            feat_real, data.y, feat_syn, labels_syn, robust.alpha, robust.max_weight
+        )
     # 'pixels' here means the plane itself; W stands for the network (K-means in phi refits per W)
     feats = data.X if robust.cluster_space == "pixels" else feat_real
     ids = subpops.from_features(it, W, feats, data.y, feat_syn.detach(), labels_syn)
@@ -156,8 +174,9 @@ def distill_toy(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = Non
     return ToyRun(torch.stack(path), labels_syn, losses)
 
 
-def run_toy(cfg: ToyConfig | None = None,
-            objectives: dict[str, RobustConfig | None] | None = None) -> tuple[ToyData, dict[str, ToyRun]]:
+def run_toy(
+    cfg: ToyConfig | None = None, objectives: dict[str, RobustConfig | None] | None = None
+) -> tuple[ToyData, dict[str, ToyRun]]:
     """The toy's data and one run per objective (OBJECTIVES by default), all from the same start."""
     cfg = cfg or ToyConfig()
     data = make_toy(cfg)

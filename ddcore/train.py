@@ -1,8 +1,9 @@
 """Training and prediction loops shared by evaluation, herding, DC's inner loop and experts."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -15,14 +16,15 @@ from .checks import check_int
 @dataclass
 class TrainConfig:
     """The field's student recipe (DC/DSA/DM/MTT reference code)."""
-    epochs: int = 300           # 300 without DSA in the papers, 1000 with DSA/DM/MTT
+
+    epochs: int = 300  # 300 without DSA in the papers, 1000 with DSA/DM/MTT
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
     decay_at_half: bool = True  # lr x 0.1 at half of the epochs
     chunk_size: int | None = None  # images per forward/backward pass within a batch (bounds memory;
-                                   # the same gradient up to rounding); None: the whole batch at once
+    # the same gradient up to rounding); None: the whole batch at once
 
     def __post_init__(self):
         if self.chunk_size is not None:
@@ -55,9 +57,16 @@ def augment_batch(x: torch.Tensor, dsa: DSAConfig | None, generator: torch.Gener
     return apply_dsa(x, sample_dsa(dsa, x.shape[0], tuple(x.shape[-2:]), generator, same_family=True))
 
 
-def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                  dsa: DSAConfig | None, generator: torch.Generator, risk: Risk | None = None,
-                  resample: Resample | None = None) -> list[float]:
+def train_network(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    dsa: DSAConfig | None,
+    generator: torch.Generator,
+    risk: Risk | None = None,
+    resample: Resample | None = None,
+) -> list[float]:
     """Train `net` in place with SGD on (images, labels); returns the mean loss of each epoch.
 
     Images and labels must already be on the net's device. DSA uses one family per batch and
@@ -68,10 +77,14 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     """
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     net.train()
-    if cfg.chunk_size is not None and cfg.chunk_size < min(cfg.batch_size, len(images)) and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-        raise ValueError(f"chunk_size={cfg.chunk_size} would change batch norm's statistics; "
-                         "use chunk_size=None with norm='batch'")
+    if (
+        cfg.chunk_size is not None
+        and cfg.chunk_size < min(cfg.batch_size, len(images))
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    ):
+        raise ValueError(
+            f"chunk_size={cfg.chunk_size} would change batch norm's statistics; use chunk_size=None with norm='batch'"
+        )
     n, losses = images.shape[0], []
     for epoch in range(cfg.epochs):
         set_epoch_lr(opt, cfg, epoch)
@@ -96,8 +109,9 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     return losses
 
 
-def chunked_backward(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor,
-                     risk: Risk | None, chunk: int) -> torch.Tensor:
+def chunked_backward(
+    net: nn.Module, x: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, risk: Risk | None, chunk: int
+) -> torch.Tensor:
     """loss.backward() for one batch, `chunk` images at a time; returns the batch's loss.
 
     The loss is a function of the per-sample losses l (their mean, or `risk`), so its gradient
@@ -113,7 +127,7 @@ def chunked_backward(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, idx
             losses = torch.cat([F.cross_entropy(net(xc), tc, reduction="none") for xc, tc in chunks])
         losses.requires_grad_(True)
         loss = risk(losses, idx)
-        weights, = torch.autograd.grad(loss, losses)
+        (weights,) = torch.autograd.grad(loss, losses)
     total = x.new_zeros(())
     for (xc, tc), wc in zip(chunks, weights.split(chunk)):
         per_sample = F.cross_entropy(net(xc), tc, reduction="none")

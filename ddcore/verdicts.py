@@ -8,6 +8,7 @@ two independent draws; |d| <= noise reads "within noise", otherwise "better" or 
 It is a deliberately simple rule for a handful of students, not a significance test: with 3
 students a difference just beyond the noise is a hint, and the notebooks say so.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,9 @@ def verdict_word(diff: float, noise_level: float) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    diff: float    # mean_b - mean_a, in the metric's units (percentage points in the notebooks)
-    noise: float   # sqrt(sd_a^2 + sd_b^2)
-    word: str      # 'better' | 'worse' | 'within noise' (b compared with a)
+    diff: float  # mean_b - mean_a, in the metric's units (percentage points in the notebooks)
+    noise: float  # sqrt(sd_a^2 + sd_b^2)
+    word: str  # 'better' | 'worse' | 'within noise' (b compared with a)
 
     def __str__(self) -> str:
         return f"{self.diff:+.1f} (noise {self.noise:.1f}, {self.word})"

@@ -3,6 +3,7 @@
 bf16 autocast runs on the CPU too, which is how these tests exercise it. Tolerances are what
 was measured here (2-core CPU, one thread), with a margin; each is stated next to its assert.
 """
+
 import shutil
 
 import pytest
@@ -23,14 +24,23 @@ TINY = ModelConfig(width=8)
 # can switch a unit on, and then the sets differ by ~1e-2 (measured once, DM seed 0 with DSA).
 # A smooth activation keeps layout-only differences at rounding level for the allclose tests.
 SMOOTH = ModelConfig(width=8, act="sigmoid")
-TRAJECTORY = {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1,
-              "experts": ExpertConfig(num_experts=1, epochs=2, model=TINY)}
+TRAJECTORY = {
+    "syn_steps": 2,
+    "expert_epochs": 1,
+    "max_start_epoch": 1,
+    "experts": ExpertConfig(num_experts=1, epochs=2, model=TINY),
+}
 FAST = {
     "dm": {"iterations": 3, "batch_real": 8, "model": TINY},
     "dc": {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "model": TINY},
     "mtt": {"iterations": 2, **TRAJECTORY},
-    "d3": {"iterations": 2, "batch_real": 8, "decoder": DecoderConfig(latent_dim=4, width=4),
-           "soft_labels": False, **TRAJECTORY},
+    "d3": {
+        "iterations": 2,
+        "batch_real": 8,
+        "decoder": DecoderConfig(latent_dim=4, width=4),
+        "soft_labels": False,
+        **TRAJECTORY,
+    },
 }
 BF16 = AccelConfig(amp="bf16")
 
@@ -125,8 +135,9 @@ def test_bf16_evaluation_learns_like_fp32(small):
     syn = distill("random", small, ipc=5, seed=0, progress=False)
     cfg = EvalConfig(model=TINY, train=TrainConfig(epochs=20), num_nets=3)
     fp32 = evaluate_synthetic(syn, small, cfg, seed=0).accuracy
-    bf16 = evaluate_synthetic(syn, small, EvalConfig(model=TINY, train=cfg.train, num_nets=3, accel=BF16),
-                              seed=0).accuracy
+    bf16 = evaluate_synthetic(
+        syn, small, EvalConfig(model=TINY, train=cfg.train, num_nets=3, accel=BF16), seed=0
+    ).accuracy
     assert fp32.mean() > 0.25  # measured 0.36; chance is 0.1
     # measured per-network |difference| <= 0.002. With autocast's weight cache on, every forward
     # of the loop used the first step's weights and students stayed at 0.10-0.23.
@@ -153,6 +164,7 @@ def _compile_unavailable() -> str | None:
 @pytest.mark.skipif(_compile_unavailable() is not None, reason=str(_compile_unavailable()))
 def test_compiled_student_step_matches_eager(small, monkeypatch):
     import torch._inductor.config as inductor_config
+
     monkeypatch.setattr(inductor_config, "compile_threads", 1)  # no pool of compile workers
     x, y = small.images_train[:16], small.labels_train[:16]
 

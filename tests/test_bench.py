@@ -1,5 +1,6 @@
 """bench/run.py's workload builders and FLOP rule (nothing is timed here), and the distill hook it
 times with."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -46,7 +47,8 @@ def test_quick_settings_and_plan():
     assert {w.shape for w in plan} == {"mnist5k"}
     assert all(w.outer_loop <= 2 and w.inner_loop <= 2 for w in plan if w.method.startswith("dc"))
     assert {(w.method, w.batch_syn) for w in plan if w.table == "memory" and w.method != "dc+robust"} == {
-        (m, b) for m in ("mtt", "d3") for b in (None, s.memory_batch_syn)}
+        (m, b) for m in ("mtt", "d3") for b in (None, s.memory_batch_syn)
+    }
     chunked = [w for w in plan if w.table == "memory" and w.method == "dc+robust"]
     assert [(w.ipc, w.robust_chunk) for w in chunked] == [(10, s.robust_chunk)]
     assert bench.method_options(chunked[0], "x")[1]["robust"].chunk_size == s.robust_chunk
@@ -96,10 +98,17 @@ def test_a_failed_worker_gives_a_row_with_its_status(capsys):
     assert row["status"].startswith("failed") and row["median_s"] is None
     bench.print_row(row)
     assert "exit code -9" in capsys.readouterr().out
-    ok = bench.summarize(w, {"seconds": [2.0, 1.0, 4.0], "gflop": 8.0, "matmul_gflops": 4.0,
-                             "setup_mib": 1.0, "peak_mib": 2.0}, s)
+    ok = bench.summarize(
+        w, {"seconds": [2.0, 1.0, 4.0], "gflop": 8.0, "matmul_gflops": 4.0, "setup_mib": 1.0, "peak_mib": 2.0}, s
+    )
     assert (ok["status"], ok["median_s"], ok["min_s"], ok["max_s"], ok["gflops"], ok["ratio"]) == (
-        "ok", 2.0, 1.0, 4.0, 4.0, 1.0)
+        "ok",
+        2.0,
+        1.0,
+        4.0,
+        4.0,
+        1.0,
+    )
 
 
 def test_a_capped_dc_row_estimates_the_full_iteration_at_the_same_rate():
@@ -108,7 +117,10 @@ def test_a_capped_dc_row_estimates_the_full_iteration_at_the_same_rate():
     f = bench.per_image_flops(w.shape, w.width)
     capped = bench.iteration_flops(w, f)
     full = bench.iteration_flops(bench.dataclasses.replace(w, outer_loop=10), f)
-    row = bench.summarize(w, {"seconds": [3.0, 2.0, 4.0], "gflop": capped / 1e9, "matmul_gflops": 100.0,
-                              "setup_mib": 1.0, "peak_mib": 2.0}, s)
+    row = bench.summarize(
+        w,
+        {"seconds": [3.0, 2.0, 4.0], "gflop": capped / 1e9, "matmul_gflops": 100.0, "setup_mib": 1.0, "peak_mib": 2.0},
+        s,
+    )
     assert row["est_full_s"] == pytest.approx(3.0 * full / capped) and full > 3 * capped
     assert bench.settings_label(row) == "outer 2 of 10 inner 50"

@@ -89,7 +89,7 @@ def test_voronoi_cells_use_the_nearest_synthetic_image_of_the_same_class():
     cells = voronoi_cells(real, labels_real, syn, labels_syn)
     for i in range(30):
         same = torch.nonzero(labels_syn == labels_real[i]).flatten()
-        best = same[torch.cdist(real[i:i + 1], syn[same]).argmin()]
+        best = same[torch.cdist(real[i : i + 1], syn[same]).argmin()]
         assert cells[i] == best
     assert torch.equal(labels_syn[cells], labels_real)
     # soft synthetic labels are read by their argmax

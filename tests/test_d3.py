@@ -1,18 +1,31 @@
 """Experts, trajectory matching, the decoder, the MMD, D3 sets, soft labels and storage."""
+
 import pytest
 import torch
 
-from ddcore.decoder import (Decoder, DecoderConfig, decode, decode_with_means, epoch_images, num_parameters,
-                            sample_latents)
+from ddcore.decoder import (
+    Decoder,
+    DecoderConfig,
+    decode,
+    decode_with_means,
+    epoch_images,
+    load_decoder,
+    num_parameters,
+    sample_latents,
+)
 from ddcore.distill import distill, method_config
-from ddcore.decoder import load_decoder
 from ddcore.distill.d3 import mmd2_unbiased, mmd_draws
 from ddcore.distill.mtt import trajectory_matching_loss
 from ddcore.evaluate import EvalConfig, epoch_sampler, evaluate_synthetic
-from ddcore.experts import (ExpertConfig, expert_dir, flat_params, forward_with, load_or_train_experts,
-                            unflatten)
-from ddcore.labels import (LabellerConfig, label_mismatch, soft_labels, train_labeller, with_hard_labels,
-                           with_soft_labels)
+from ddcore.experts import ExpertConfig, expert_dir, flat_params, forward_with, load_or_train_experts, unflatten
+from ddcore.labels import (
+    LabellerConfig,
+    label_mismatch,
+    soft_labels,
+    train_labeller,
+    with_hard_labels,
+    with_soft_labels,
+)
 from ddcore.models import ModelConfig, create_model
 from ddcore.storage import d3_ipc_equivalent, storage
 from ddcore.synthetic import SyntheticSet
@@ -20,12 +33,21 @@ from ddcore.train import TrainConfig
 
 TINY = ModelConfig(width=8)
 EXPERTS = ExpertConfig(num_experts=2, epochs=2, model=TINY)
-D3_FAST = dict(iterations=2, batch_real=8, mmd_samples=4, mmd_real=8, decoder=DecoderConfig(latent_dim=4, width=4),
-               syn_steps=2, expert_epochs=1, max_start_epoch=1,
-               experts=ExpertConfig(num_experts=1, epochs=2, model=TINY))
+D3_FAST = dict(
+    iterations=2,
+    batch_real=8,
+    mmd_samples=4,
+    mmd_real=8,
+    decoder=DecoderConfig(latent_dim=4, width=4),
+    syn_steps=2,
+    expert_epochs=1,
+    max_start_epoch=1,
+    experts=ExpertConfig(num_experts=1, epochs=2, model=TINY),
+)
 
 
 # --- experts -----------------------------------------------------------------------------------
+
 
 def test_flat_params_round_trip_and_functional_forward_match_the_module():
     net = create_model("convnet", 1, 10, (28, 28), width=8)
@@ -48,13 +70,16 @@ def test_batch_norm_networks_are_refused_for_trajectory_matching():
 
 def test_experts_are_trained_once_saved_and_reused(small, tmp_path):
     first = load_or_train_experts(small, EXPERTS, seed=0, device="cpu", root=tmp_path)
-    assert len(first) == 2 and first[0].shape == (3, flat_params(create_model("convnet", 1, 10, (28, 28), width=8)).numel())
-    assert not torch.equal(first[0][0], first[0][-1])          # training moved the parameters
-    assert not torch.equal(first[0][0], first[1][0])           # experts start from different inits
+    assert len(first) == 2 and first[0].shape == (
+        3,
+        flat_params(create_model("convnet", 1, 10, (28, 28), width=8)).numel(),
+    )
+    assert not torch.equal(first[0][0], first[0][-1])  # training moved the parameters
+    assert not torch.equal(first[0][0], first[1][0])  # experts start from different inits
     files = sorted(expert_dir(tmp_path, small, EXPERTS).glob("*.safetensors"))
     stamps = [f.stat().st_mtime_ns for f in files]
     again = load_or_train_experts(small, EXPERTS, seed=0, device="cpu", root=tmp_path)
-    assert [f.stat().st_mtime_ns for f in files] == stamps     # read, not retrained
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read, not retrained
     assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
@@ -70,6 +95,7 @@ def test_expert_file_of_another_config_is_refused(small, tmp_path):
 
 
 # --- trajectory matching -------------------------------------------------------------------------
+
 
 class _Steps:
     syn_steps, expert_epochs, max_start_epoch, batch_syn = 3, 1, 1, None
@@ -90,8 +116,9 @@ def test_trajectory_loss_sends_gradients_to_images_and_step_size(small):
     net = create_model("convnet", 1, 10, (28, 28), width=8)
     images = small.images_train[:20].clone().requires_grad_(True)
     syn_lr = torch.tensor(0.01, requires_grad=True)
-    loss = trajectory_matching_loss(net, trajectories, images, small.labels_train[:20], syn_lr, _Steps, None,
-                                    torch.Generator().manual_seed(0))
+    loss = trajectory_matching_loss(
+        net, trajectories, images, small.labels_train[:20], syn_lr, _Steps, None, torch.Generator().manual_seed(0)
+    )
     loss.backward()
     assert loss.item() > 0 and torch.isfinite(loss)
     assert images.grad.abs().sum() > 0 and syn_lr.grad.abs() > 0
@@ -99,6 +126,7 @@ def test_trajectory_loss_sends_gradients_to_images_and_step_size(small):
 
 def test_mtt_option_checks():
     from ddcore.distill import method_config
+
     with pytest.raises(ValueError, match="must be <= experts.epochs"):
         method_config("mtt", max_start_epoch=19, expert_epochs=2)
     with pytest.raises(ValueError, match="syn_steps"):
@@ -106,6 +134,7 @@ def test_mtt_option_checks():
 
 
 # --- decoder and MMD -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("channels,im_size", [(1, (28, 28)), (1, (16, 16)), (3, (32, 32)), (1, (8, 8)), (3, (30, 30))])
 def test_decoder_makes_images_of_the_data_set_shape(channels, im_size):
@@ -131,9 +160,9 @@ def test_epoch_images_are_the_means_then_one_fresh_sample_per_prior(small):
     x1, y1 = epoch_images(dec, mu, logvar, labels, small.normalize, gen)
     x2, _ = epoch_images(dec, mu, logvar, labels, small.normalize, gen)
     assert x1.shape == (12, 1, 28, 28) and torch.equal(y1, torch.cat([labels, labels]))
-    assert not torch.equal(x1[6:], x2[6:])                     # fresh samples each epoch
+    assert not torch.equal(x1[6:], x2[6:])  # fresh samples each epoch
     unit = small.to_unit(x1)
-    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5       # tanh read as [0, 1] pixels
+    assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5  # tanh read as [0, 1] pixels
 
 
 def test_mmd_is_near_zero_for_one_distribution_and_positive_for_two():
@@ -160,20 +189,22 @@ def test_mmd_gradient_pulls_samples_towards_the_real_ones():
 
 # --- D3 sets -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("matching", ["mtt", "dm", "none"])
 def test_d3_learns_priors_and_decoder_and_saves_them(small, tmp_path, matching):
     syn = distill("d3", small, ipc=2, seed=0, progress=False, matching=matching, soft_labels=False, **D3_FAST)
     assert syn.meta["generative"] == "d3" and syn.meta["lpc"] == 2
     assert syn.extras["mu"].shape == (20, 4) and syn.extras["logvar"].shape == (20, 4)
-    assert syn.images.shape == (20, 1, 28, 28)             # the decoded mean images
+    assert syn.images.shape == (20, 1, 28, 28)  # the decoded mean images
     path = tmp_path / "d3.safetensors"
     syn.save(path)
     back = SyntheticSet.load(path)
     dec = load_decoder(back, 1, (28, 28))
     with torch.no_grad():  # the stored means were decoded with one draw per prior, seeded with the run's seed
-        again, _ = decode_with_means(dec, back.extras["mu"], back.extras["logvar"], 1, small.normalize,
-                                     torch.Generator().manual_seed(0))
-    assert torch.allclose(again, syn.images, atol=1e-5)     # everything needed is in the file
+        again, _ = decode_with_means(
+            dec, back.extras["mu"], back.extras["logvar"], 1, small.normalize, torch.Generator().manual_seed(0)
+        )
+    assert torch.allclose(again, syn.images, atol=1e-5)  # everything needed is in the file
 
 
 def test_d3_training_moves_priors_and_decoder(small):
@@ -194,10 +225,11 @@ def test_d3_lpc_other_than_ipc_and_mmd_needs_two_per_class(small):
 
 def test_d3_soft_labels_come_from_the_labeller_on_mean_images(small, tmp_path):
     labeller_cfg = LabellerConfig(epochs=1, model=TINY)
-    syn = distill("d3", small, ipc=2, seed=0, progress=False, labeller=labeller_cfg, experts_dir=str(tmp_path),
-                  **D3_FAST)
+    syn = distill(
+        "d3", small, ipc=2, seed=0, progress=False, labeller=labeller_cfg, experts_dir=str(tmp_path), **D3_FAST
+    )
     assert syn.labels.shape == (20, 10) and torch.allclose(syn.labels.sum(1), torch.ones(20))
-    labeller = train_labeller(small, labeller_cfg, seed=0, root=tmp_path)    # read back from tmp_path
+    labeller = train_labeller(small, labeller_cfg, seed=0, root=tmp_path)  # read back from tmp_path
     assert torch.allclose(syn.labels, soft_labels(labeller, syn.images), atol=1e-5)
     classes = torch.arange(10).repeat_interleave(2)
     assert syn.meta["label_mismatch"] == pytest.approx(float((syn.labels.argmax(1) != classes).double().mean()))
@@ -216,6 +248,7 @@ def test_d3_students_see_fresh_samples_each_epoch_and_get_evaluated(small):
 
 
 # --- labels and storage --------------------------------------------------------------------------
+
 
 def test_with_soft_labels_keeps_images_and_names_the_method(small):
     labeller = train_labeller(small, LabellerConfig(epochs=1, model=TINY))
@@ -267,15 +300,19 @@ def test_storage_refuses_what_it_cannot_count():
 
 def test_an_aggregate_of_d3_subtasks_keeps_sampling_and_counts_every_decoder(small):
     from ddcore.federated import aggregate, subset_classes
+
     groups = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    parts = [distill("d3", subset_classes(small, g), ipc=2, seed=i, progress=False, soft_labels=False, **D3_FAST)
-             for i, g in enumerate(groups)]
+    parts = [
+        distill("d3", subset_classes(small, g), ipc=2, seed=i, progress=False, soft_labels=False, **D3_FAST)
+        for i, g in enumerate(groups)
+    ]
     agg = aggregate(parts, groups, 10)
     s = storage(agg)
     one = storage(parts[0])
     assert s["images_values"] == 0 and s["decoder_values"] == 2 * one["decoder_values"]
     assert s["priors_values"] == 2 * one["priors_values"]
     (x1, y1), (x2, _) = epoch_sampler(agg, small, seed=0, device="cpu")(), epoch_sampler(agg, small, 0, "cpu")()
+    assert torch.equal(x1, x2)  # the same seed draws the same epoch
     assert x1.shape == (40, 1, 28, 28) and sorted(y1.unique().tolist()) == list(range(10))
     assert torch.allclose(x1[:10], agg.images[:10], atol=1e-5)  # subtask 0's mean images come first
     rows = evaluate_synthetic(agg, small, EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1))
@@ -285,31 +322,49 @@ def test_an_aggregate_of_d3_subtasks_keeps_sampling_and_counts_every_decoder(sma
 @pytest.mark.parametrize("clustering", ["kmeans", "synthetic"])
 def test_robust_d3_runs_and_differs_from_plain_d3(small, clustering):
     from ddcore.robust import RobustConfig
+
     opts = dict(D3_FAST, matching="dm", soft_labels=False)
     plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
-    robust = distill("d3", small, ipc=2, seed=0, progress=False, robust=RobustConfig(clustering=clustering, k=2,
-                                                                                      space="pixels", alpha=0.5), **opts)
+    robust = distill(
+        "d3",
+        small,
+        ipc=2,
+        seed=0,
+        progress=False,
+        robust=RobustConfig(clustering=clustering, k=2, space="pixels", alpha=0.5),
+        **opts,
+    )
     assert torch.isfinite(robust.extras["mu"]).all()
     assert not torch.equal(plain.extras["mu"], robust.extras["mu"])
 
 
 def test_robust_d3_with_one_cluster_and_alpha_one_is_plain_d3(small):
     from ddcore.robust import RobustConfig
+
     opts = dict(D3_FAST, matching="dm", soft_labels=False)
     plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
-    one = distill("d3", small, ipc=2, seed=0, progress=False,
-                  robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0), **opts)
+    one = distill(
+        "d3",
+        small,
+        ipc=2,
+        seed=0,
+        progress=False,
+        robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0),
+        **opts,
+    )
     assert torch.allclose(plain.extras["mu"], one.extras["mu"], atol=1e-5)
 
 
 def test_robust_d3_needs_the_mmd_term():
     from ddcore.distill import method_config
     from ddcore.robust import RobustConfig
+
     with pytest.raises(ValueError, match="needs mmd_weight > 0"):
         method_config("d3", matching="dm", mmd_weight=0.0, robust=RobustConfig())
 
 
 # --- the authors' objective: two steps, MMD sizes, no DSA, one batch for means and samples ----------
+
 
 def _record_steps():
     """Every optimizer step taken until the handle is removed: (kind, copy of the first parameter)."""
@@ -318,46 +373,68 @@ def _record_steps():
     def hook(opt, args, kwargs):
         first = opt.param_groups[0]["params"][0]
         steps.append((type(opt).__name__, first.numel(), first.detach().clone()))
+
     from torch.optim.optimizer import register_optimizer_step_post_hook
+
     return steps, register_optimizer_step_post_hook(hook)
 
 
-@pytest.mark.parametrize("matching,mmd_weight,decoder_steps", [("mtt", 1.0, 2), ("dm", 1.0, 2), ("none", 1.0, 1),
-                                                               ("mtt", 0.0, 1)])
+@pytest.mark.parametrize(
+    "matching,mmd_weight,decoder_steps", [("mtt", 1.0, 2), ("dm", 1.0, 2), ("none", 1.0, 1), ("mtt", 0.0, 1)]
+)
 def test_each_iteration_takes_one_step_per_loss(small, matching, mmd_weight, decoder_steps):
     steps, handle = _record_steps()
     try:
-        distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, matching=matching,
-                mmd_weight=mmd_weight, **D3_FAST)
+        distill(
+            "d3",
+            small,
+            ipc=2,
+            seed=0,
+            progress=False,
+            soft_labels=False,
+            matching=matching,
+            mmd_weight=mmd_weight,
+            **D3_FAST,
+        )
     finally:
         handle.remove()
-    adam = [p for kind, _, p in steps if kind == "Adam"]          # the decoder's optimizer
+    adam = [p for kind, _, p in steps if kind == "Adam"]  # the decoder's optimizer
     step_size = [p for kind, n, p in steps if kind == "SGD" and n == 1]  # the student step size (mtt only)
-    assert len(adam) == 2 * decoder_steps                          # 2 iterations
-    assert len(step_size) == (2 if matching == "mtt" else 0)       # moved by the matching step only
+    assert len(adam) == 2 * decoder_steps  # 2 iterations
+    assert len(step_size) == (2 if matching == "mtt" else 0)  # moved by the matching step only
     if decoder_steps == 2:  # the matching step moved the decoder, then the MMD step moved it again
         assert not torch.equal(adam[0], adam[1]) and not torch.equal(adam[1], adam[2])
 
 
 def test_mmd_draws_spread_mmd_samples_over_the_priors():
     assert mmd_draws(3, 24) == 8 and mmd_draws(1, 24) == 24 and mmd_draws(10, 24) == 2
-    assert mmd_draws(50, 24) == 1                                  # at least one per prior
-    assert mmd_draws(1, 1) == 2                                    # at least two per class
+    assert mmd_draws(50, 24) == 1  # at least one per prior
+    assert mmd_draws(1, 1) == 2  # at least two per class
 
 
 def _decoder_batches():
     """Sizes of the batches every Decoder.forward sees until the handle is removed."""
     from torch.nn.modules.module import register_module_forward_pre_hook
+
     sizes = []
     return sizes, register_module_forward_pre_hook(
-        lambda m, args: sizes.append(args[0].shape[0]) if isinstance(m, Decoder) else None)
+        lambda m, args: sizes.append(args[0].shape[0]) if isinstance(m, Decoder) else None
+    )
 
 
 def test_every_decode_in_distillation_holds_the_means_and_the_draws(small):
     sizes, handle = _decoder_batches()
     try:
-        distill("d3", small, ipc=1, seed=0, progress=False, lpc=3, soft_labels=False,
-                **dict(D3_FAST, mmd_samples=24, iterations=1))
+        distill(
+            "d3",
+            small,
+            ipc=1,
+            seed=0,
+            progress=False,
+            lpc=3,
+            soft_labels=False,
+            **dict(D3_FAST, mmd_samples=24, iterations=1),
+        )
     finally:
         handle.remove()
     # 30 priors: matching step 30 means + 30 draws; MMD step 30 means + 8 draws x 30; final means + 1 draw each
@@ -366,8 +443,11 @@ def test_every_decode_in_distillation_holds_the_means_and_the_draws(small):
 
 def _batch_norm_calls(decoder):
     calls = []
-    handles = [m.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().clone()))
-               for m in decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(lambda m, args: calls.append(args[0].detach().clone()))
+        for m in decoder.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     return calls, handles
 
 
@@ -381,16 +461,17 @@ def test_means_and_samples_share_batch_norm_statistics(small):
     for h in handles:
         h.remove()
     layers = len(calls) // 2
-    assert [c.shape[0] for c in calls] == [12] * (2 * layers)     # one batch norm call per layer, 6 means + 6 draws
-    assert torch.equal(x, torch.cat([means, samples]))              # evaluation decodes as decode_with_means does
+    assert [c.shape[0] for c in calls] == [12] * (2 * layers)  # one batch norm call per layer, 6 means + 6 draws
+    assert torch.equal(x, torch.cat([means, samples]))  # evaluation decodes as decode_with_means does
     with torch.no_grad():
         alone = decode(dec, mu, small.normalize)
-    assert (alone - means).abs().max() > 1e-3                       # decoded alone, the means would differ
+    assert (alone - means).abs().max() > 1e-3  # decoded alone, the means would differ
 
 
 def test_no_dsa_during_distillation_unless_asked(small, monkeypatch):
     import ddcore.distill.d3 as d3_module
     import ddcore.distill.mtt as mtt_module
+
     calls = []
     for module in (d3_module, mtt_module):
         original = module.sample_dsa
@@ -413,6 +494,7 @@ def test_d3_defaults_are_the_authors_ranges():
 
 def test_expert_labeller_labels_mean_images_and_reports_mismatch(small):
     from ddcore.experts import final_network
+
     syn = distill("d3", small, ipc=2, seed=0, progress=False, labeller_source="expert", **D3_FAST)
     trajectories = load_or_train_experts(small, D3_FAST["experts"], seed=0, device="cpu")
     expert = final_network(trajectories[0], small, TINY, "cpu")
@@ -437,7 +519,7 @@ def test_with_hard_labels_is_the_set_soft_labels_false_gives(small, tmp_path):
     hard = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, **opts)
     made = with_hard_labels(soft)
     assert torch.equal(made.labels, hard.labels) and made.meta["method"] == "d3+hard"
-    assert torch.equal(made.extras["mu"], hard.extras["mu"])      # the labels never steer distillation
+    assert torch.equal(made.extras["mu"], hard.extras["mu"])  # the labels never steer distillation
     assert storage(made)["labels_values"] == 20 and soft.labels.shape == (20, 10)  # the original is untouched
     rows = evaluate_synthetic(made, small, EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1))
     assert rows.method.iloc[0] == "d3+hard"
@@ -448,9 +530,17 @@ def test_with_hard_labels_is_the_set_soft_labels_false_gives(small, tmp_path):
 @pytest.mark.parametrize("clustering", ["kmeans", "synthetic"])
 def test_robust_d3_runs_on_the_trajectory_matching_objective(small, clustering):
     from ddcore.robust import RobustConfig
+
     opts = dict(D3_FAST, soft_labels=False)
     plain = distill("d3", small, ipc=2, seed=0, progress=False, **opts)
-    robust = distill("d3", small, ipc=2, seed=0, progress=False, robust=RobustConfig(clustering=clustering, k=2,
-                                                                                      space="pixels", alpha=0.5), **opts)
+    robust = distill(
+        "d3",
+        small,
+        ipc=2,
+        seed=0,
+        progress=False,
+        robust=RobustConfig(clustering=clustering, k=2, space="pixels", alpha=0.5),
+        **opts,
+    )
     assert torch.isfinite(robust.extras["mu"]).all()
     assert not torch.equal(plain.extras["mu"], robust.extras["mu"])

@@ -1,25 +1,42 @@
 """The accuracy-against-storage grid of the D3 notebook and its figures."""
+
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
 
-from ddcore.studies.d3_experiment import (d3_sweep, d3_values, decoded_grid_images, decoder_for_budget, decoder_size,  # noqa: E402
-                                  storage_grid)
-from ddcore.studies.d3_plots import accuracy_vs_storage, storage_model_plot, sweep_plot  # noqa: E402
 import torch  # noqa: E402
 
-from ddcore.decoder import DecoderConfig, decode_with_means  # noqa: E402
-from ddcore.decoder import load_decoder  # noqa: E402
+from ddcore.decoder import (  # noqa: E402
+    DecoderConfig,
+    decode_with_means,
+    load_decoder,  # noqa: E402
+)
 from ddcore.evaluate import EvalConfig  # noqa: E402
 from ddcore.experts import ExpertConfig  # noqa: E402
 from ddcore.labels import LabellerConfig  # noqa: E402
 from ddcore.models import ModelConfig  # noqa: E402
+from ddcore.studies.d3_experiment import (  # noqa: E402
+    d3_sweep,
+    d3_values,
+    decoded_grid_images,
+    decoder_for_budget,
+    decoder_size,
+    storage_grid,
+)
+from ddcore.studies.d3_plots import accuracy_vs_storage, storage_model_plot, sweep_plot  # noqa: E402
 from ddcore.train import TrainConfig  # noqa: E402
 
 TINY = ModelConfig(width=8)
-D3 = dict(iterations=1, batch_real=8, mmd_samples=4, mmd_real=8, matching="dm", latent_dim=4,
-          experts=ExpertConfig(num_experts=1, epochs=1, model=TINY))
+D3 = dict(
+    iterations=1,
+    batch_real=8,
+    mmd_samples=4,
+    mmd_real=8,
+    matching="dm",
+    latent_dim=4,
+    experts=ExpertConfig(num_experts=1, epochs=1, model=TINY),
+)
 EVAL = EvalConfig(model=TINY, train=TrainConfig(epochs=1), num_nets=1)
 LABELLER = LabellerConfig(epochs=1, model=TINY)
 
@@ -41,11 +58,11 @@ def test_storage_grid_compares_at_equal_storage_with_soft_random(small, tmp_path
     results, sets = storage_grid(small, [2], {"random": {}}, D3, EVAL, LABELLER, cache_dir=tmp_path)
     assert sorted(results.method.unique()) == ["d3", "random", "random+soft"]
     per_set = results.groupby("method").ipc_equivalent.first()
-    assert 1.5 < per_set["d3"] <= 2                                   # D3 uses most of its budget, labels included
+    assert 1.5 < per_set["d3"] <= 2  # D3 uses most of its budget, labels included
     assert per_set["random+soft"] == pytest.approx(2 + 2 * 10 * 10 / 7840)  # images plus their soft labels
     assert sets[("random+soft", 2)].soft_labels and not sets[("random", 2)].soft_labels
     again, _ = storage_grid(small, [2], {"random": {}}, D3, EVAL, LABELLER, cache_dir=tmp_path)
-    assert again.accuracy.tolist() == results.accuracy.tolist()      # read back from the cache
+    assert again.accuracy.tolist() == results.accuracy.tolist()  # read back from the cache
     fig = accuracy_vs_storage(results, "t")
     assert fig.axes[0].get_xlabel().startswith("storage")
 
@@ -63,7 +80,7 @@ def test_storage_grid_adds_d3_with_hard_labels_and_the_label_mismatch(small, tmp
 def test_sweep_reports_storage_of_each_variant_and_rejects_unknown_names(small, tmp_path):
     sweep = d3_sweep(small, 2, {"lpc": [2, 3]}, D3, EVAL, LABELLER, cache_dir=tmp_path)
     eq = sweep.groupby("value").ipc_equivalent.first()
-    assert eq[3] > eq[2]                                               # more priors cost more
+    assert eq[3] > eq[2]  # more priors cost more
     assert len(sweep_plot(sweep, "t").axes) == 1
     with pytest.raises(ValueError, match="lpc or latent_dim"):
         d3_sweep(small, 2, {"width": [1]}, D3, EVAL, LABELLER)
@@ -71,19 +88,28 @@ def test_sweep_reports_storage_of_each_variant_and_rejects_unknown_names(small, 
 
 def test_decoded_grid_has_mean_then_samples_per_class(small):
     from ddcore.distill import distill
-    syn = distill("d3", small, ipc=2, progress=False, soft_labels=False, decoder=DecoderConfig(4, 4),
-                  **{k: v for k, v in D3.items() if k != "latent_dim"})
+
+    syn = distill(
+        "d3",
+        small,
+        ipc=2,
+        progress=False,
+        soft_labels=False,
+        decoder=DecoderConfig(4, 4),
+        **{k: v for k, v in D3.items() if k != "latent_dim"},
+    )
     images, labels = decoded_grid_images(syn, small, samples=3)
     assert images.shape == (40, 1, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(4)]
     # every prior decoded with its 3 draws in one batch (batch norm statistics as in training)
     dec = load_decoder(syn, 1, (28, 28))
     with torch.no_grad():
-        means, draws = decode_with_means(dec, syn.extras["mu"], syn.extras["logvar"], 3, small.normalize,
-                                         torch.Generator().manual_seed(0))
+        means, draws = decode_with_means(
+            dec, syn.extras["mu"], syn.extras["logvar"], 3, small.normalize, torch.Generator().manual_seed(0)
+        )
     assert torch.equal(images[0], means[0]) and torch.equal(images[1:4], draws[:3])
-    assert torch.equal(images[4], means[2])                           # class 1's first prior (lpc = 2)
+    assert torch.equal(images[4], means[2])  # class 1's first prior (lpc = 2)
 
 
 def test_storage_model_plot_draws_one_curve_per_decoder():
     fig = storage_model_plot({"a": 1000, "b": 50_000}, lpc=1, latent_dim=16, image_values=784)
-    assert len(fig.axes[0].get_lines()) == 3                          # two decoders + the 1-image line
+    assert len(fig.axes[0].get_lines()) == 3  # two decoders + the 1-image line

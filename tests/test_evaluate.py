@@ -4,8 +4,15 @@ import torch
 import torch.nn.functional as F
 
 from ddcore.distill import distill
-from ddcore.evaluate import (EvalConfig, accuracy_by_group, evaluate_synthetic, format_mean_std,
-                             improvement_over_random, summarize, train_student)
+from ddcore.evaluate import (
+    EvalConfig,
+    accuracy_by_group,
+    evaluate_synthetic,
+    format_mean_std,
+    improvement_over_random,
+    summarize,
+    train_student,
+)
 from ddcore.models import ModelConfig
 from ddcore.synthetic import SyntheticSet
 from ddcore.train import TrainConfig, train_network
@@ -56,10 +63,17 @@ def test_soft_one_hot_labels_train_like_hard_labels(small):
 
 def test_training_runs_every_epoch_and_learns(small):
     from ddcore.models import create_model
+
     torch.manual_seed(0)
     net = create_model("convnet", 1, 10, (28, 28), width=8)
-    losses = train_network(net, small.images_train, small.labels_train, TrainConfig(epochs=8, batch_size=32, lr=0.05),
-                           None, torch.Generator().manual_seed(0))
+    losses = train_network(
+        net,
+        small.images_train,
+        small.labels_train,
+        TrainConfig(epochs=8, batch_size=32, lr=0.05),
+        None,
+        torch.Generator().manual_seed(0),
+    )
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
 
 

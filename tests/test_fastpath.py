@@ -1,4 +1,5 @@
 """ddcore.fastpath.embed must give what net.embed gives: features and gradients w.r.t. the images."""
+
 from __future__ import annotations
 
 import pytest

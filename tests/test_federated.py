@@ -1,4 +1,5 @@
 """Subtask distillation: class splits, label offsets, torchrun parity with the sequential run, resume."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,17 @@ from hypothesis import strategies as st
 import ddcore.federated as fed
 from ddcore.data import load_dataset
 from ddcore.evaluate import EvalConfig, evaluate_synthetic
-from ddcore.federated import (aggregate, distill_subtask, load_record, parse_method_options, run_federated,
-                              split_classes, subset_classes, subtask_path, subtask_seed)
+from ddcore.federated import (
+    aggregate,
+    distill_subtask,
+    load_record,
+    parse_method_options,
+    run_federated,
+    split_classes,
+    subset_classes,
+    subtask_path,
+    subtask_seed,
+)
 from ddcore.models import ModelConfig
 from ddcore.synthetic import SyntheticSet
 from ddcore.train import TrainConfig
@@ -40,8 +50,12 @@ def sequential(digits, tmp_path_factory):
 
 # --- split_classes ---
 @settings(max_examples=200, deadline=None)
-@given(num_classes=st.integers(1, 60), data=st.data(), strategy=st.sampled_from(["contiguous", "random"]),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    num_classes=st.integers(1, 60),
+    data=st.data(),
+    strategy=st.sampled_from(["contiguous", "random"]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_split_is_a_balanced_partition_and_repeatable(num_classes, data, strategy, seed):
     num_subtasks = data.draw(st.integers(1, num_classes))
     groups = split_classes(num_classes, num_subtasks, strategy, seed)
@@ -61,13 +75,16 @@ def test_contiguous_split_is_consecutive_ranges_and_random_depends_on_seed():
     assert len(splits) > 1
 
 
-@pytest.mark.parametrize("args,error,message", [
-    ((10, 0), ValueError, r"num_subtasks=0 is too small; it must be >= 1"),
-    ((10, 11), ValueError, r"num_subtasks=11 is too large; it must be <= 10"),
-    ((10, 2, "balanced"), ValueError, r"strategy='balanced' is not allowed; choose one of"),
-    ((10, 2.0), TypeError, r"num_subtasks must be an int"),
-    ((10, 2, "random", -1), ValueError, r"seed=-1 is too small"),
-])
+@pytest.mark.parametrize(
+    "args,error,message",
+    [
+        ((10, 0), ValueError, r"num_subtasks=0 is too small; it must be >= 1"),
+        ((10, 11), ValueError, r"num_subtasks=11 is too large; it must be <= 10"),
+        ((10, 2, "balanced"), ValueError, r"strategy='balanced' is not allowed; choose one of"),
+        ((10, 2.0), TypeError, r"num_subtasks must be an int"),
+        ((10, 2, "random", -1), ValueError, r"seed=-1 is too small"),
+    ],
+)
 def test_split_rejects_bad_arguments(args, error, message):
     with pytest.raises(error, match=message):
         split_classes(*args)
@@ -91,8 +108,10 @@ def test_subset_classes_relabels_locally_in_both_splits(digits):
     assert sub.mean == digits.mean and sub.std == digits.std
 
 
-@pytest.mark.parametrize("classes,message", [
-    ([], "non-empty list"), ([3, 10], r"class id in classes=10 is too large"), ([1, 1], "repeats a class id")])
+@pytest.mark.parametrize(
+    "classes,message",
+    [([], "non-empty list"), ([3, 10], r"class id in classes=10 is too large"), ([1, 1], "repeats a class id")],
+)
 def test_subset_classes_rejects_bad_groups(digits, classes, message):
     with pytest.raises(ValueError, match=message):
         subset_classes(digits, classes)
@@ -145,11 +164,14 @@ def test_soft_labels_from_a_module_restore_its_mode():
     assert net.training
 
 
-@pytest.mark.parametrize("parts,groups,message", [
-    (1, [[0], [1]], "one class group per result"),
-    (2, [[0, 1], [1, 2]], "groups must be disjoint"),
-    (2, [[0, 1], [2, 9]], r"class id in groups\[1\]=9 is too large"),
-])
+@pytest.mark.parametrize(
+    "parts,groups,message",
+    [
+        (1, [[0], [1]], "one class group per result"),
+        (2, [[0, 1], [1, 2]], "groups must be disjoint"),
+        (2, [[0, 1], [2, 9]], r"class id in groups\[1\]=9 is too large"),
+    ],
+)
 def test_aggregate_rejects_mismatched_groups(parts, groups, message):
     with pytest.raises(ValueError, match=message):
         aggregate([_local_set(1, 2) for _ in range(parts)], groups, 4)
@@ -181,18 +203,41 @@ def test_record_holds_seconds_per_subtask_and_memory_per_worker(sequential):
 
 def test_subtask_matches_a_direct_distillation_of_its_classes(sequential, digits, tmp_path):
     from ddcore.distill import distill
+
     syn = distill_subtask(digits, [4, 5, 6], 1, "dm", 1, tmp_path, seed=3, device="cpu", **OPTIONS)
-    direct = distill("dm", subset_classes(digits, [4, 5, 6]), 1, seed=subtask_seed(3, 1), device="cpu",
-                     progress=False, **OPTIONS)
+    direct = distill(
+        "dm", subset_classes(digits, [4, 5, 6]), 1, seed=subtask_seed(3, 1), device="cpu", progress=False, **OPTIONS
+    )
     assert torch.equal(syn.images, direct.images) and syn.labels.tolist() == [0, 1, 2]
     assert torch.equal(sequential[0].images[4:7], syn.images)
 
 
 def test_torchrun_with_two_gloo_workers_equals_the_sequential_run(sequential, tmp_path):
     out = tmp_path / "dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ddcore.federated", "--dataset", "digits", "--method", "dm", "--ipc", "1",
-           "--subtasks", "3", "--seed", "3", "--device", "cpu", "--out", str(out), *CLI_OPTIONS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ddcore.federated",
+        "--dataset",
+        "digits",
+        "--method",
+        "dm",
+        "--ipc",
+        "1",
+        "--subtasks",
+        "3",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *CLI_OPTIONS,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count as this process
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -248,19 +293,37 @@ def test_run_rejects_bad_arguments_before_any_work(digits, tmp_path):
 
 # --- Command line ---
 def test_method_options_from_the_command_line_are_typed():
-    options = parse_method_options("dm", ["--iterations", "5", "--lr-img", "0.5", "--dsa", "false",
-                                          "--model.width", "8", "--model.norm", "none", "--robust.k", "2"])
+    options = parse_method_options(
+        "dm",
+        [
+            "--iterations",
+            "5",
+            "--lr-img",
+            "0.5",
+            "--dsa",
+            "false",
+            "--model.width",
+            "8",
+            "--model.norm",
+            "none",
+            "--robust.k",
+            "2",
+        ],
+    )
     assert options["iterations"] == 5 and options["lr_img"] == 0.5 and options["dsa"] is False
     assert options["model"] == ModelConfig(width=8, norm="none") and options["robust"].k == 2
     assert parse_method_options("dc", ["--outer-loop", "none"]) == {"outer_loop": None}
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--iters", "5"], r"dm has no option 'iters'"),
-    (["--iterations", "five"], r"dm.iterations takes a value of type int, got 'five'"),
-    (["--iterations"], "pairs"),
-    (["--model", "convnet"], "cannot be set from the command line"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--iters", "5"], r"dm has no option 'iters'"),
+        (["--iterations", "five"], r"dm.iterations takes a value of type int, got 'five'"),
+        (["--iterations"], "pairs"),
+        (["--model", "convnet"], "cannot be set from the command line"),
+    ],
+)
 def test_bad_method_options_are_named(args, message):
     with pytest.raises((ValueError, TypeError), match=message):
         parse_method_options("dm", args)
@@ -295,16 +358,20 @@ def test_subtask_ids_as_test_groups_give_per_subtask_accuracy(digits):
     ids = fed.subtask_ids(digits.labels_test, groups)
     pred = torch.where(ids == 1, digits.labels_test, -1)  # right on subtask 1's classes only
     from ddcore.evaluate import accuracy_by_group
+
     assert accuracy_by_group(pred, digits.labels_test, ids) == {0: 0.0, 1: 1.0, 2: 0.0}
 
 
-@pytest.mark.parametrize("labels,groups,message", [
-    (torch.tensor([0, 5]), [[0, 1], [2, 3]], r"labels \[5\] are in no group"),
-    (torch.tensor([-1]), [[0, 1]], r"labels \[-1\] are in no group"),
-    (torch.tensor([0]), [[0, 1], [1]], "groups must be disjoint"),
-    (torch.tensor([0]), [], "non-empty list of class groups"),
-    (torch.tensor([0]), [[0], []], "non-empty list of class ids"),
-])
+@pytest.mark.parametrize(
+    "labels,groups,message",
+    [
+        (torch.tensor([0, 5]), [[0, 1], [2, 3]], r"labels \[5\] are in no group"),
+        (torch.tensor([-1]), [[0, 1]], r"labels \[-1\] are in no group"),
+        (torch.tensor([0]), [[0, 1], [1]], "groups must be disjoint"),
+        (torch.tensor([0]), [], "non-empty list of class groups"),
+        (torch.tensor([0]), [[0], []], "non-empty list of class ids"),
+    ],
+)
 def test_subtask_ids_reject_labels_outside_the_groups(labels, groups, message):
     with pytest.raises(ValueError, match=message):
         fed.subtask_ids(labels, groups)
@@ -312,61 +379,111 @@ def test_subtask_ids_reject_labels_outside_the_groups(labels, groups, message):
 
 # --- Launching torchrun from Python ---
 def test_torchrun_command_spells_every_option():
-    cmd = fed.torchrun_command({"dataset": "digits", "subtasks": 3, "batch_real": 8, "lpc": None, "dsa": False,
-                                "experts": {"model": {"width": 8}}, "decoder.latent_dim": 4, "root": None,
-                                "progress": True}, 2, "out/run")
-    assert cmd[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                       "-m", "ddcore.federated"]
-    assert cmd[7:] == ["--out", "out/run", "--dataset", "digits", "--subtasks", "3", "--batch-real", "8",
-                       "--lpc", "none", "--dsa", "false", "--experts.model.width", "8", "--decoder.latent-dim", "4",
-                       "--progress"]
+    cmd = fed.torchrun_command(
+        {
+            "dataset": "digits",
+            "subtasks": 3,
+            "batch_real": 8,
+            "lpc": None,
+            "dsa": False,
+            "experts": {"model": {"width": 8}},
+            "decoder.latent_dim": 4,
+            "root": None,
+            "progress": True,
+        },
+        2,
+        "out/run",
+    )
+    assert cmd[:7] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ddcore.federated",
+    ]
+    assert cmd[7:] == [
+        "--out",
+        "out/run",
+        "--dataset",
+        "digits",
+        "--subtasks",
+        "3",
+        "--batch-real",
+        "8",
+        "--lpc",
+        "none",
+        "--dsa",
+        "false",
+        "--experts.model.width",
+        "8",
+        "--decoder.latent-dim",
+        "4",
+        "--progress",
+    ]
     assert "--progress" not in fed.torchrun_command({"progress": False}, 1, "o")
     assert fed.torchrun_command({"root": "data"}, 1, "o")[-2:] == ["--root", "data"]
 
 
 def test_torchrun_command_options_reach_the_method_config():
-    cmd = fed.torchrun_command({"method": "d3", "decoder": {"latent_dim": 4}, "experts.model.width": 8,
-                                "soft_labels": False}, 1, "o")
-    options = parse_method_options("d3", cmd[cmd.index("--method") + 2:])
+    cmd = fed.torchrun_command(
+        {"method": "d3", "decoder": {"latent_dim": 4}, "experts.model.width": 8, "soft_labels": False}, 1, "o"
+    )
+    options = parse_method_options("d3", cmd[cmd.index("--method") + 2 :])
     assert options["decoder"].latent_dim == 4 and options["experts"].model.width == 8
     assert options["soft_labels"] is False
 
 
-@pytest.mark.parametrize("options,nproc,error,message", [
-    ({"out": "x"}, 1, ValueError, "as out_dir"),
-    ({"model": ModelConfig(width=8)}, 1, TypeError, r"option 'model' must be a str.*'model.width'"),
-    ({"ipcs": [1, 2]}, 1, TypeError, "option 'ipcs' must be"),
-    ({"progress": "yes"}, 1, TypeError, "is a flag"),
-    ({}, 0, ValueError, "nproc=0 is too small"),
-    ([("dataset", "digits")], 1, TypeError, "options must be a dict"),
-])
+@pytest.mark.parametrize(
+    "options,nproc,error,message",
+    [
+        ({"out": "x"}, 1, ValueError, "as out_dir"),
+        ({"model": ModelConfig(width=8)}, 1, TypeError, r"option 'model' must be a str.*'model.width'"),
+        ({"ipcs": [1, 2]}, 1, TypeError, "option 'ipcs' must be"),
+        ({"progress": "yes"}, 1, TypeError, "is a flag"),
+        ({}, 0, ValueError, "nproc=0 is too small"),
+        ([("dataset", "digits")], 1, TypeError, "options must be a dict"),
+    ],
+)
 def test_torchrun_command_rejects_what_the_command_line_cannot_say(options, nproc, error, message):
     with pytest.raises(error, match=message):
         fed.torchrun_command(options, nproc, "o")
 
 
 def test_clear_run_deletes_the_run_files_and_nothing_else(tmp_path):
-    made = ["subtask_0.safetensors", "subtask_1.ab12cd34.ckpt", "labeller_digits_x_seed1.safetensors",
-            "aggregated.safetensors", "federated.json", "experts_digits_1234/expert_0_0.safetensors"]
+    made = [
+        "subtask_0.safetensors",
+        "subtask_1.ab12cd34.ckpt",
+        "labeller_digits_x_seed1.safetensors",
+        "aggregated.safetensors",
+        "federated.json",
+        "experts_digits_1234/expert_0_0.safetensors",
+    ]
     for name in made + ["notes.txt", "mine/subtask_0.safetensors"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     deleted = fed.clear_run(tmp_path)
     assert len(deleted) == 6 and not (tmp_path / "experts_digits_1234").exists()
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
-        ["mine/subtask_0.safetensors", "notes.txt"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "mine/subtask_0.safetensors",
+        "notes.txt",
+    ]
     assert fed.clear_run(tmp_path / "absent") == []
 
 
 def _fake_torchrun(monkeypatch, script: str):
     """launch_torchrun runs `python -c script` (argv[1]: the out folder) instead of torchrun."""
-    monkeypatch.setattr(fed, "torchrun_command",
-                        lambda options, nproc, out_dir: [sys.executable, "-c", script, str(out_dir)])
+    monkeypatch.setattr(
+        fed, "torchrun_command", lambda options, nproc, out_dir: [sys.executable, "-c", script, str(out_dir)]
+    )
 
 
-WRITE_RECORD = ("import json, os, sys; from pathlib import Path; out = Path(sys.argv[1]); json.dump("
-                "{'threads': os.environ['OMP_NUM_THREADS'], 'kept': (out / 'subtask_0.safetensors').exists(),"
-                " 'wall_seconds': 0.0}, open(out / 'federated.json', 'w'))")
+WRITE_RECORD = (
+    "import json, os, sys; from pathlib import Path; out = Path(sys.argv[1]); json.dump("
+    "{'threads': os.environ['OMP_NUM_THREADS'], 'kept': (out / 'subtask_0.safetensors').exists(),"
+    " 'wall_seconds': 0.0}, open(out / 'federated.json', 'w'))"
+)
 
 
 def test_launch_gives_workers_one_thread_and_fresh_clears_the_old_run(tmp_path, monkeypatch):
@@ -380,8 +497,9 @@ def test_launch_gives_workers_one_thread_and_fresh_clears_the_old_run(tmp_path, 
 
 
 def test_a_failing_launch_raises_with_the_workers_error(tmp_path, monkeypatch):
-    _fake_torchrun(monkeypatch, "import sys; print('W1123 12:00 torch/distributed/x.py] noise', file=sys.stderr); "
-                                "sys.exit(3)")
+    _fake_torchrun(
+        monkeypatch, "import sys; print('W1123 12:00 torch/distributed/x.py] noise', file=sys.stderr); sys.exit(3)"
+    )
     monkeypatch.setattr(fed, "_AGENT_LOG", fed.re.compile(r"^W\d{4} .*torch/distributed/", fed.re.M))
     with pytest.raises(RuntimeError, match=r"(?s)exited with status 3.*torchrun's report.*noise"):
         fed.launch_torchrun({}, 1, tmp_path)

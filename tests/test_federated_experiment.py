@@ -1,4 +1,5 @@
 """Notebook 04's helpers: the run plan, tables, speed-up, conclusions and figures, on made-up records."""
+
 import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -11,8 +12,8 @@ import ddcore.studies.federated_experiment as fx  # noqa: E402
 from ddcore.data import load_dataset  # noqa: E402
 from ddcore.evaluate import EvalConfig  # noqa: E402
 from ddcore.federated import aggregate, split_classes  # noqa: E402
-from ddcore.studies.federated_plots import accuracy_storage_plot, cost_plot, subtask_accuracy_plot  # noqa: E402
 from ddcore.models import ModelConfig  # noqa: E402
+from ddcore.studies.federated_plots import accuracy_storage_plot, cost_plot, subtask_accuracy_plot  # noqa: E402
 from ddcore.synthetic import SyntheticSet  # noqa: E402
 from ddcore.train import TrainConfig  # noqa: E402
 
@@ -29,14 +30,22 @@ def _aggregated(num_subtasks: int, ipc: int = 1, num_classes: int = 10, size: in
 
 def _record(num_subtasks: int, workers: int, seconds: float, rss: float, loaded: bool = False) -> dict:
     subtasks = [{"index": i, "seconds": seconds, "loaded": loaded, "rank": i % workers} for i in range(num_subtasks)]
-    return {"wall_seconds": seconds * num_subtasks / workers, "launch_seconds": seconds * num_subtasks / workers + 5,
-            "subtasks": subtasks, "workers": [{"rank": r, "peak_rss_mib": rss + 10 * r} for r in range(workers)]}
+    return {
+        "wall_seconds": seconds * num_subtasks / workers,
+        "launch_seconds": seconds * num_subtasks / workers + 5,
+        "subtasks": subtasks,
+        "workers": [{"rank": r, "peak_rss_mib": rss + 10 * r} for r in range(workers)],
+    }
 
 
 @pytest.fixture
 def runs():
-    records = {(1, 2): _record(1, 2, 20.0, 900), (2, 2): _record(2, 2, 10.0, 800), (5, 2): _record(5, 2, 4.0, 700),
-               (2, 1): _record(2, 1, 10.0, 800)}
+    records = {
+        (1, 2): _record(1, 2, 20.0, 900),
+        (2, 2): _record(2, 2, 10.0, 800),
+        (5, 2): _record(5, 2, 4.0, 700),
+        (2, 1): _record(2, 1, 10.0, 800),
+    }
     ipc = {1: 1, 2: 2, 5: 3}  # growing storage
     sets = {key: _aggregated(key[0], ipc[key[0]]) for key in records}
     return records, sets
@@ -55,8 +64,13 @@ def test_run_plan_adds_the_one_worker_run_once():
 
 def test_subtask_runs_launch_each_run_in_its_own_folder(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(fx, "launch_torchrun", lambda options, nproc, out_dir, **kw: calls.append(
-        (options["subtasks"], nproc, out_dir.name, kw["threads"], kw["fresh"])) or {"ok": True})
+    monkeypatch.setattr(
+        fx,
+        "launch_torchrun",
+        lambda options, nproc, out_dir, **kw: (
+            calls.append((options["subtasks"], nproc, out_dir.name, kw["threads"], kw["fresh"])) or {"ok": True}
+        ),
+    )
     records = fx.subtask_runs({"method": "d3"}, [1, 2], 2, tmp_path, speedup_subtasks=2)
     assert list(records) == [(1, 2), (2, 2), (2, 1)]
     assert calls == [(1, 2, "S1_N2", 1, True), (2, 2, "S2_N2", 1, True), (2, 1, "S2_N1", 1, True)]

@@ -33,8 +33,12 @@ def test_convnet_matches_the_reference_definition():
     net = ConvNet(1, 10, (28, 28), width=16)
     ref, in_ch = [], 1
     for d in range(3):
-        ref += [nn.Conv2d(in_ch, 16, 3, padding=3 if d == 0 else 1), nn.GroupNorm(16, 16, affine=True),
-                nn.ReLU(), nn.AvgPool2d(2, 2)]
+        ref += [
+            nn.Conv2d(in_ch, 16, 3, padding=3 if d == 0 else 1),
+            nn.GroupNorm(16, 16, affine=True),
+            nn.ReLU(),
+            nn.AvgPool2d(2, 2),
+        ]
         in_ch = 16
     ref = nn.Sequential(*ref, nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
     ours = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.GroupNorm, nn.Linear))]
@@ -78,12 +82,15 @@ def test_flop_count_matches_the_hand_formula():
     assert count_flops(net, torch.randn(1, 1, 28, 28)) == expected
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"norm": "group"}, "norm='group' is not allowed"),
-    ({"act": "gelu"}, "act='gelu' is not allowed"),
-    ({"depth": 6}, "too deep"),
-    ({"width": 0}, "width=0 is too small"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"norm": "group"}, "norm='group' is not allowed"),
+        ({"act": "gelu"}, "act='gelu' is not allowed"),
+        ({"depth": 6}, "too deep"),
+        ({"width": 0}, "width=0 is too small"),
+    ],
+)
 def test_bad_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConvNet(1, 10, (28, 28), **kwargs)

@@ -1,4 +1,5 @@
 """The papermill runner: profiles, failures named by notebook and cell, --keep-going, summary."""
+
 import json
 import os
 import re
@@ -32,7 +33,8 @@ def fake_project(tmp_path, monkeypatch):
     (tmp_path / "profiles").mkdir()
     write_results = (
         "import pandas as pd\nfrom ddcore.studies.report import save_results\n"
-        "save_results(output_dir, '10_ok', {'value': value}, pd.DataFrame([{'metric': value * 2}]))")
+        "save_results(output_dir, '10_ok', {'value': value}, pd.DataFrame([{'metric': value * 2}]))"
+    )
     _notebook(tmp_path / "nb" / "10_ok.ipynb", write_results)
     _notebook(tmp_path / "nb" / "11_fails.ipynb", "raise RuntimeError('broken on purpose')")
     (tmp_path / "profiles" / "cpu.yaml").write_text("all: {}\n10_ok: {value: 21}\n")
@@ -49,14 +51,17 @@ def test_profile_parameters_and_summary(fake_project, capfd):
 
 
 def test_a_failure_names_the_notebook_and_cell(fake_project):
-    with pytest.raises(rp.NotebookFailed, match=r"notebook 11_fails failed in cell In \[3\] \(RuntimeError: broken on purpose\)"):
+    with pytest.raises(
+        rp.NotebookFailed, match=r"notebook 11_fails failed in cell In \[3\] \(RuntimeError: broken on purpose\)"
+    ):
         rp.reproduce("cpu", results_root=fake_project / "results", progress=False)
 
 
 def test_keep_going_runs_the_rest_and_reports_failures(fake_project):
     with pytest.raises(rp.NotebookFailed, match="11_fails"):
-        rp.reproduce("cpu", only=["11_fails", "10_ok"], keep_going=True,
-                     results_root=fake_project / "results", progress=False)
+        rp.reproduce(
+            "cpu", only=["11_fails", "10_ok"], keep_going=True, results_root=fake_project / "results", progress=False
+        )
     status = pd.read_csv(fake_project / "results" / "cpu" / "status.csv")
     assert status.set_index("notebook").ok.to_dict() == {"11_fails": False, "10_ok": True}
     assert "partial output is" in status.error[0] and (fake_project / "results/cpu/11_fails.ipynb").exists()
@@ -88,16 +93,17 @@ def test_profiles_only_name_existing_notebooks_and_parameters():
             assert not unknown, f"profile {profile} sets {unknown}, which {name} does not have"
             # every value fits the parameter's annotation, as check_parameters will demand
             types = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
-            check_parameters({"__annotations__": {k: types[known[k]["inferred_type_name"]] for k in params},
-                              **params})
+            check_parameters({"__annotations__": {k: types[known[k]["inferred_type_name"]] for k in params}, **params})
 
 
 def test_in_place_refreshes_the_committed_notebook_and_publishes_its_figures(fake_project, monkeypatch):
     monkeypatch.setattr(rp, "ROOT", fake_project)
     (fake_project / "figures").mkdir()
-    _notebook(fake_project / "nb" / "12_fig.ipynb",
-              "import os\nos.makedirs('../results/figures', exist_ok=True)\n"
-              "open('../results/figures/a.png', 'w').write('png')\nprint('ran', value)")
+    _notebook(
+        fake_project / "nb" / "12_fig.ipynb",
+        "import os\nos.makedirs('../results/figures', exist_ok=True)\n"
+        "open('../results/figures/a.png', 'w').write('png')\nprint('ran', value)",
+    )
     (fake_project / "results" / "figures").mkdir(parents=True)
     (fake_project / "results" / "figures" / "old.png").write_text("older run")
     os.utime(fake_project / "results" / "figures" / "old.png", (0, 0))
@@ -138,8 +144,22 @@ def test_committed_notebooks_keep_their_outputs_and_stay_small():
 def test_reproduce_quickstart_end_to_end(tmp_path):
     """The command a user types, with the cpu profile: figure and results file hold what it printed."""
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "ddcore.reproduce", "--profile", "cpu", "--only",
-                           "00_quickstart", "--results", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddcore.reproduce",
+            "--profile",
+            "cpu",
+            "--only",
+            "00_quickstart",
+            "--results",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = out / "cpu"
     results = json.loads((run / "00_quickstart.results.json").read_text())
@@ -167,13 +187,18 @@ def test_a_mistyped_parameter_stops_a_notebook_early_with_a_clear_error(name, tm
     for parameter, value, words in BAD_PARAMETERS:
         out = tmp_path / f"{name}_{parameter}.ipynb"
         with pytest.raises(pm.PapermillExecutionError) as failure:
-            pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), progress_bar=False,
-                                cwd=str(ROOT / "notebooks"), kernel_name="python3",
-                                parameters={parameter: value, "output_dir": str(tmp_path / "o"),
-                                            "figures_dir": str(tmp_path / "f")})
+            pm.execute_notebook(
+                str(ROOT / "notebooks" / f"{name}.ipynb"),
+                str(out),
+                progress_bar=False,
+                cwd=str(ROOT / "notebooks"),
+                kernel_name="python3",
+                parameters={parameter: value, "output_dir": str(tmp_path / "o"), "figures_dir": str(tmp_path / "f")},
+            )
         error = failure.value
         assert error.ename in ("ValueError", "TypeError"), error.ename
         assert all(w in error.evalue for w in words), error.evalue
         first_cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"][:3]
-        assert any(o.get("output_type") == "error" for c in first_cells for o in c.get("outputs", [])), \
+        assert any(o.get("output_type") == "error" for c in first_cells for o in c.get("outputs", [])), (
             f"{name}: {parameter}={value!r} was not caught in the first code cells"
+        )

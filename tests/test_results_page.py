@@ -1,4 +1,5 @@
 """The results page: rows files -> a table with verdicts -> the README's section."""
+
 import json
 
 import pytest
@@ -7,8 +8,17 @@ from ddcore.studies import results_page as rp
 
 
 def _row(method="dsa", ipc=1, iteration=200, accuracies=(0.70, 0.71, 0.69), **extra):
-    return {"dataset": "fashion_mnist", "method": method, "ipc": ipc, "seed": 0, "iteration": iteration,
-            "students": 3, "epochs": 1000, "accuracies": list(accuracies), **extra}
+    return {
+        "dataset": "fashion_mnist",
+        "method": method,
+        "ipc": ipc,
+        "seed": 0,
+        "iteration": iteration,
+        "students": 3,
+        "epochs": 1000,
+        "accuracies": list(accuracies),
+        **extra,
+    }
 
 
 def _write(path, rows):
@@ -23,13 +33,16 @@ def test_last_row_of_a_cell_wins(tmp_path):
     assert rows[rows.iteration == 200].accuracies.item() == [0.70, 0.71, 0.69]
 
 
-@pytest.mark.parametrize("ours, iterations, expected", [
-    (70.6, 1000, "reproduced"),
-    (69.1, 1000, "reproduced"),          # 70.6 - (0.6 + 1) = 69.0
-    (68.9, 1000, "not reproduced"),
-    (68.9, 200, "not yet run at the paper's iterations (200 of 1000)"),
-    (71.0, 200, "reproduced"),            # a cell that already reaches it needs no more iterations
-])
+@pytest.mark.parametrize(
+    "ours, iterations, expected",
+    [
+        (70.6, 1000, "reproduced"),
+        (69.1, 1000, "reproduced"),  # 70.6 - (0.6 + 1) = 69.0
+        (68.9, 1000, "not reproduced"),
+        (68.9, 200, "not yet run at the paper's iterations (200 of 1000)"),
+        (71.0, 200, "reproduced"),  # a cell that already reaches it needs no more iterations
+    ],
+)
 def test_verdict_rule(ours, iterations, expected):
     assert rp.verdict(ours, "dsa", "fashion_mnist", 1, iterations) == expected
 
@@ -40,8 +53,14 @@ def test_verdict_without_a_published_number():
 
 
 def test_table_and_render(tmp_path):
-    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [_row(), _row(method="random", iteration=0),
-                                                           _row(iteration=50, accuracies=(0.5, 0.5, 0.6))])])
+    rows = rp.load_rows(
+        [
+            _write(
+                tmp_path / "a.rows.jsonl",
+                [_row(), _row(method="random", iteration=0), _row(iteration=50, accuracies=(0.5, 0.5, 0.6))],
+            )
+        ]
+    )
     table = rp.table(rows)
     assert list(table.method) == ["dsa", "dsa", "random"]
     last = table.iloc[1]
@@ -54,8 +73,14 @@ def test_table_and_render(tmp_path):
 
 
 def test_a_run_stopped_early_names_its_plan_and_the_checkpoint(tmp_path):
-    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [
-        _row(iteration=120, run_iterations=200, partial=True), _row(iteration=50, run_iterations=200)])])
+    rows = rp.load_rows(
+        [
+            _write(
+                tmp_path / "a.rows.jsonl",
+                [_row(iteration=120, run_iterations=200, partial=True), _row(iteration=50, run_iterations=200)],
+            )
+        ]
+    )
     table = rp.table(rows)
     assert table.iloc[1]["command"].endswith("--iterations 200 --from-checkpoint`")
     assert table.iloc[1]["iterations"] == 120 and table.iloc[1]["verdict"] == "reproduced"
@@ -75,10 +100,16 @@ def test_readme_section_is_current():
 
 
 def test_plot_runs(tmp_path):
-    rows = rp.load_rows([_write(tmp_path / "a.rows.jsonl", [_row(), _row(iteration=50),
-                                                           _row(method="random", iteration=0)])])
-    losses = {"fashion_mnist_dsa_ipc1": rp.load_losses(_write(tmp_path / "l.loss.jsonl", [
-        {"iteration": i, "loss": 10.0 / (i + 1), "seconds": 1.0} for i in range(30)]))}
+    rows = rp.load_rows(
+        [_write(tmp_path / "a.rows.jsonl", [_row(), _row(iteration=50), _row(method="random", iteration=0)])]
+    )
+    losses = {
+        "fashion_mnist_dsa_ipc1": rp.load_losses(
+            _write(
+                tmp_path / "l.loss.jsonl", [{"iteration": i, "loss": 10.0 / (i + 1), "seconds": 1.0} for i in range(30)]
+            )
+        )
+    }
     fig = rp.plot_runs(rows, "fashion_mnist", losses)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "dsa (ours)" in labels and "random real (ours)" in labels and "dsa (published)" in labels

@@ -8,8 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddcore.models import ModelConfig, build_model
-from ddcore.robust import (RobustConfig, Subpopulations, cluster_cvars, cvar, normalized_robust_risk, robust_risk,
-                           tail_size, train_network_robust)
+from ddcore.robust import (
+    RobustConfig,
+    Subpopulations,
+    cluster_cvars,
+    cvar,
+    normalized_robust_risk,
+    robust_risk,
+    tail_size,
+    train_network_robust,
+)
 from ddcore.train import TrainConfig
 
 FAST = settings(max_examples=60, deadline=None)
@@ -85,8 +93,9 @@ def reference_cluster_cvars(losses, ids, alpha):
     return {int(c): cvar(losses[ids == c], alpha) for c in ids.unique()}
 
 
-clustered = st.integers(1, 25).flatmap(lambda n: st.tuples(
-    st.lists(values, min_size=n, max_size=n), st.lists(st.integers(0, 6), min_size=n, max_size=n)))
+clustered = st.integers(1, 25).flatmap(
+    lambda n: st.tuples(st.lists(values, min_size=n, max_size=n), st.lists(st.integers(0, 6), min_size=n, max_size=n))
+)
 
 
 @FAST
@@ -178,7 +187,7 @@ def released_code_risk(losses, clusters, alpha=0.8):
     values, ids = losses.detach().cpu().numpy(), clusters.numpy()
     per_cluster = []
     for c in np.unique(ids):
-        tail = np.sort(values[ids == c])[::-1][:tail_size(int((ids == c).sum()), alpha)]
+        tail = np.sort(values[ids == c])[::-1][: tail_size(int((ids == c).sum()), alpha)]
         per_cluster.append(tail.mean())
     constant = torch.tensor(np.mean(per_cluster) + np.max(per_cluster), dtype=losses.dtype)
     mean = losses.mean()
@@ -210,8 +219,14 @@ def test_released_code_construction_has_the_mean_loss_gradient():
 # --- config ---
 def test_robust_config_defaults_and_validation():
     cfg = RobustConfig()
-    assert (cfg.clustering, cfg.k, cfg.space, cfg.alpha, cfg.max_weight, cfg.recluster_every) == \
-        ("synthetic", 10, "embedding", 0.8, 1.0, 10)
+    assert (cfg.clustering, cfg.k, cfg.space, cfg.alpha, cfg.max_weight, cfg.recluster_every) == (
+        "synthetic",
+        10,
+        "embedding",
+        0.8,
+        1.0,
+        10,
+    )
     with pytest.raises(ValueError, match=r"clustering='voronoi'.*\['synthetic', 'kmeans'\]"):
         RobustConfig(clustering="voronoi")
     with pytest.raises(ValueError, match=r"space='latent'.*\['pixels', 'embedding'\]"):
@@ -321,7 +336,9 @@ def test_subpopulations_from_features_matches_the_call():
     sub = Subpopulations(RobustConfig())
     with torch.no_grad():
         feats, feats_syn = net.embed(images_real), net.embed(images_syn)
-    assert torch.equal(sub.from_features(0, net, feats, labels_real, feats_syn, labels_syn),
-                       sub(0, net, images_real, labels_real, images_syn, labels_syn))
+    assert torch.equal(
+        sub.from_features(0, net, feats, labels_real, feats_syn, labels_syn),
+        sub(0, net, images_real, labels_real, images_syn, labels_syn),
+    )
     with pytest.raises(ValueError, match="features_syn"):
         sub.from_features(0, net, feats, labels_real)

@@ -6,8 +6,7 @@ import torch
 from ddcore import evaluate
 from ddcore.cluster import kmeans
 from ddcore.distill import distill
-from ddcore.evaluate import (BLUR_SIGMA, CORRUPTIONS, EvalConfig, cluster_min_accuracy, corrupt,
-                             evaluate_robustness)
+from ddcore.evaluate import BLUR_SIGMA, CORRUPTIONS, EvalConfig, cluster_min_accuracy, corrupt, evaluate_robustness
 from ddcore.models import ModelConfig
 from ddcore.subpop import make_rare_subgroups
 from ddcore.train import TrainConfig
@@ -70,8 +69,8 @@ def test_blur_is_a_gaussian_of_sigma_2():
     out = corrupt(delta, "blur")
     assert out.shape == delta.shape and math.isclose(float(out.sum()), 1.0, rel_tol=1e-5)
     offsets = torch.arange(33.0) - 16
-    var_x = float((out[0, 0].sum(0) * offsets ** 2).sum())
-    assert 0.9 * BLUR_SIGMA ** 2 < var_x <= BLUR_SIGMA ** 2  # truncated at 3 sigma: slightly under 4
+    var_x = float((out[0, 0].sum(0) * offsets**2).sum())
+    assert 0.9 * BLUR_SIGMA**2 < var_x <= BLUR_SIGMA**2  # truncated at 3 sigma: slightly under 4
     flat = torch.full((2, 3, 16, 16), 0.3)
     torch.testing.assert_close(corrupt(flat, "blur"), flat)
 
@@ -88,8 +87,15 @@ def test_evaluate_robustness_columns_and_groups(small):
     rare_set, _, test_groups = make_rare_subgroups(small, seed=0)
     syn = distill("random", rare_set, ipc=2, progress=False)
     df = evaluate_robustness(syn, rare_set, FAST, seed=0, device="cpu", test_groups=test_groups)
-    expected = {"accuracy", "cluster_min_accuracy", "cluster_mean_accuracy", "group_0", "group_1",
-                "worst_group_accuracy", *(f"accuracy_{k}" for k in CORRUPTIONS)}
+    expected = {
+        "accuracy",
+        "cluster_min_accuracy",
+        "cluster_mean_accuracy",
+        "group_0",
+        "group_1",
+        "worst_group_accuracy",
+        *(f"accuracy_{k}" for k in CORRUPTIONS),
+    }
     assert expected <= set(df.columns) and len(df) == 2
     assert (df.cluster_min_accuracy <= df.cluster_mean_accuracy).all()
     assert (df.worst_group_accuracy == df[["group_0", "group_1"]].min(axis=1)).all()

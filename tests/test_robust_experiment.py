@@ -1,4 +1,5 @@
 """The robust comparison grid of notebook 02, its tables, verdicts, PCA view and figures (tiny inputs)."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,13 +9,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import ddcore.studies.experiment  # noqa: E402
-from ddcore.studies import robust_experiment as rx  # noqa: E402
-from ddcore.studies import robust_plots  # noqa: E402
 from ddcore.augment import dsa_for  # noqa: E402
 from ddcore.distill import distill  # noqa: E402
 from ddcore.evaluate import EvalConfig, evaluate_robustness  # noqa: E402
 from ddcore.models import ModelConfig  # noqa: E402
 from ddcore.robust import RobustConfig  # noqa: E402
+from ddcore.studies import robust_experiment as rx  # noqa: E402
+from ddcore.studies import robust_plots  # noqa: E402
 from ddcore.train import TrainConfig  # noqa: E402
 
 FAST = EvalConfig(model=ModelConfig(width=8), train=TrainConfig(epochs=1), num_nets=2)
@@ -28,8 +29,9 @@ def grid(small, tmp_path_factory):
     benches = rx.make_benchmarks(small, rare_fraction=0.2)
     variants = rx.robust_variants({"dm": DM}, ROBUST)
     cache = tmp_path_factory.mktemp("cache")
-    results, sets = rx.run_robust_grid(benches, variants, [1], FAST, cache_dir=str(cache), k=3,
-                                       corruptions={"plain": CORRUPT})
+    results, sets = rx.run_robust_grid(
+        benches, variants, [1], FAST, cache_dir=str(cache), k=3, corruptions={"plain": CORRUPT}
+    )
     return benches, variants, cache, results, sets
 
 
@@ -77,8 +79,7 @@ def test_evaluate_cell_agrees_with_evaluate_robustness(grid):
     bench, syn = benches["rare"], sets[("rare", "dm+robust", 1)]
     ours = rx.evaluate_cell(syn, bench, FAST, k=3, corruptions=CORRUPT)
     ref = evaluate_robustness(syn, bench.dataset, FAST, test_groups=bench.test_groups, k=3, corruptions=CORRUPT)
-    for col in ("accuracy", "cluster_min_accuracy", "cluster_mean_accuracy", "accuracy_invert",
-                "worst_group_accuracy"):
+    for col in ("accuracy", "cluster_min_accuracy", "cluster_mean_accuracy", "accuracy_invert", "worst_group_accuracy"):
         assert ours[col].tolist() == pytest.approx(ref[col].tolist()), col
     assert ours.rare_group_accuracy.tolist() == pytest.approx(ref.group_1.tolist())
 
@@ -97,8 +98,9 @@ def test_a_second_run_reads_the_cache(grid, monkeypatch):
 
 def test_sweep_sets_one_field_at_a_time(grid):
     benches, _, cache, _, _ = grid
-    sweep = rx.robust_sweep(benches["rare"], "dm", DM, ROBUST, 1, {"alpha": [0.5, 1.0], "k": [1]}, FAST,
-                            cache_dir=cache, k=3)
+    sweep = rx.robust_sweep(
+        benches["rare"], "dm", DM, ROBUST, 1, {"alpha": [0.5, 1.0], "k": [1]}, FAST, cache_dir=cache, k=3
+    )
     assert len(sweep) == 3 * 2 and sweep.method.eq("dm+robust").all()
     assert sweep.groupby(["param", "value"]).size().to_dict() == {("alpha", 0.5): 2, ("alpha", 1.0): 2, ("k", 1): 2}
     with pytest.raises(ValueError, match="needs clustering='kmeans'"):
@@ -114,9 +116,17 @@ def _fake_results() -> pd.DataFrame:
     for bench, robust_min in (("rare", 0.6), ("plain", 0.4)):
         for method, acc, cmin, rare in (("dm", (0.9, 0.9), 0.5, 0.4), ("dm+robust", (0.89, 0.91), robust_min, 0.5)):
             for net in (0, 1):
-                rows.append({"benchmark": bench, "method": method, "ipc": 1, "net": net, "accuracy": acc[net],
-                             "cluster_min_accuracy": cmin,
-                             "rare_group_accuracy": rare if bench == "rare" else float("nan")})
+                rows.append(
+                    {
+                        "benchmark": bench,
+                        "method": method,
+                        "ipc": 1,
+                        "net": net,
+                        "accuracy": acc[net],
+                        "cluster_min_accuracy": cmin,
+                        "rare_group_accuracy": rare if bench == "rare" else float("nan"),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -135,8 +145,10 @@ def test_gains_verdicts_and_conclusion_follow_the_numbers():
     assert verdicts.loc["plain", "rare_up"] is None
     text = rx.conclusion_text(gains, verdicts.reset_index())
     assert "cluster min -10.0 (noise 0.0, worse)" in text and "rare subgroup +10.0 (noise 0.0, better)" in text
-    assert text.endswith("The claim holds in 1 of 2 comparisons (worst cluster and rare subgroup up beyond "
-                         "noise, average not down beyond noise).")
+    assert text.endswith(
+        "The claim holds in 1 of 2 comparisons (worst cluster and rare subgroup up beyond "
+        "noise, average not down beyond noise)."
+    )
 
 
 def test_summary_table_formats_mean_std_and_marks_what_does_not_apply():
@@ -166,9 +178,13 @@ def test_figures_draw_labelled_axes(grid, small):
     benches, _, cache, results, sets = grid
     sweep = rx.robust_sweep(benches["rare"], "dm", DM, ROBUST, 1, {"alpha": [0.5, 1.0]}, FAST, cache_dir=cache, k=3)
     frame = rx.pca_frame(benches["rare"], 0, 2, {"dm": sets[("rare", "dm", 1)]})
-    figures = [robust_plots.cluster_accuracy_plot(results, "t"), robust_plots.subgroup_accuracy_plot(results, "t"),
-               robust_plots.sweep_plot(sweep, "t"), robust_plots.pca_plot(frame, "t"),
-               robust_plots.class_images_plot({k[1]: s for k, s in sets.items() if k[0] == "rare"}, 0, small, "t")]
+    figures = [
+        robust_plots.cluster_accuracy_plot(results, "t"),
+        robust_plots.subgroup_accuracy_plot(results, "t"),
+        robust_plots.sweep_plot(sweep, "t"),
+        robust_plots.pca_plot(frame, "t"),
+        robust_plots.class_images_plot({k[1]: s for k, s in sets.items() if k[0] == "rare"}, 0, small, "t"),
+    ]
     for fig in figures[:4]:
         assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
     assert len(figures[4].axes) == 2 and figures[4].axes[0].get_ylabel() == "dm"

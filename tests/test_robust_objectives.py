@@ -1,4 +1,5 @@
 """The robust objectives inside the methods: DC's robust target, DM's cluster-means and double-layer risks."""
+
 import dataclasses
 
 import pytest
@@ -59,21 +60,27 @@ def test_robust_target_turns_towards_a_rare_cluster(mnist5k):
         plain = flat(class_gradients(net, x, y, False))
         cos = {}
         for max_weight in (0.0, 1.0):
-            robust = flat(robust_class_gradients(net, x, y, lambda f: ids,
-                                                 RobustConfig(alpha=0.8, max_weight=max_weight)))
+            robust = flat(
+                robust_class_gradients(net, x, y, lambda f: ids, RobustConfig(alpha=0.8, max_weight=max_weight))
+            )
             cos[max_weight] = F.cosine_similarity(robust, plain, dim=0).item()
         with torch.no_grad():
             losses = F.cross_entropy(net(x), y, reduction="none")
         rare_worst.append(bool(cvar(losses[ids == 1], 0.8) > cvar(losses[ids == 0], 0.8)))
-        print(f"net {seed}: cosine to the mean target {cos[0.0]:.3f} (max_weight 0), {cos[1.0]:.3f} (max_weight 1); "
-              f"rare cluster worst: {rare_worst[-1]}")
+        print(
+            f"net {seed}: cosine to the mean target {cos[0.0]:.3f} (max_weight 0), {cos[1.0]:.3f} (max_weight 1); "
+            f"rare cluster worst: {rare_worst[-1]}"
+        )
         assert cos[0.0] < 0.95
         assert (cos[1.0] < 0.95) == rare_worst[-1]
     assert any(rare_worst)
 
 
-@pytest.mark.parametrize("robust", [RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0),
-                                    RobustConfig(alpha=1.0)], ids=["kmeans k=1", "one Voronoi cell"])
+@pytest.mark.parametrize(
+    "robust",
+    [RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0), RobustConfig(alpha=1.0)],
+    ids=["kmeans k=1", "one Voronoi cell"],
+)
 def test_dc_with_a_one_cluster_robust_target_is_plain_dc(small, robust):
     plain = distill("dc", small, ipc=1, seed=3, **DC)
     same = distill("dc", small, ipc=1, seed=3, robust=robust, **DC)  # ipc 1: one cell per class
@@ -83,8 +90,10 @@ def test_dc_with_a_one_cluster_robust_target_is_plain_dc(small, robust):
 
 def test_dc_risk_choices_give_different_sets(small):
     base = RobustConfig(clustering="kmeans", k=2, space="pixels", alpha=0.5)
-    sets = {risk: distill("dc", small, ipc=2, seed=0, robust=dataclasses.replace(base, dc_risk=risk), **DC).images
-            for risk in ("target", "network", "both")}
+    sets = {
+        risk: distill("dc", small, ipc=2, seed=0, robust=dataclasses.replace(base, dc_risk=risk), **DC).images
+        for risk in ("target", "network", "both")
+    }
     plain = distill("dc", small, ipc=2, seed=0, **DC).images
     for risk, images in sets.items():
         assert torch.isfinite(images).all() and not torch.allclose(images, plain, atol=1e-4), risk
@@ -115,8 +124,11 @@ def double_layer_by_loops(feat_real, groups_real, feat_syn, groups_syn, alpha, m
     cells = voronoi_cells(feat_real, groups_real, feat_syn.detach(), groups_syn)
     total = 0.0
     for c in groups_real.unique().tolist():
-        cvars = [cvar(((feat_real[cells == j] - feat_syn[j]) ** 2).sum(1), alpha)
-                 for j in torch.nonzero(groups_syn == c).flatten().tolist() if (cells == j).any()]
+        cvars = [
+            cvar(((feat_real[cells == j] - feat_syn[j]) ** 2).sum(1), alpha)
+            for j in torch.nonzero(groups_syn == c).flatten().tolist()
+            if (cells == j).any()
+        ]
         cvars = torch.stack(cvars)
         total = total + cvars.mean() + max_weight * cvars.max()
     return total
@@ -129,8 +141,9 @@ def test_double_layer_loss_matches_loops_over_classes_and_cells(alpha, max_weigh
     want = double_layer_by_loops(feat_real, groups_real, feat_syn, groups_syn, alpha, max_weight)
     torch.testing.assert_close(got, want)
     g_got = torch.autograd.grad(got, feat_syn)[0]
-    g_want = torch.autograd.grad(double_layer_by_loops(feat_real, groups_real, feat_syn, groups_syn, alpha,
-                                                       max_weight), feat_syn)[0]
+    g_want = torch.autograd.grad(
+        double_layer_by_loops(feat_real, groups_real, feat_syn, groups_syn, alpha, max_weight), feat_syn
+    )[0]
     torch.testing.assert_close(g_got, g_want)
 
 
@@ -152,21 +165,26 @@ def test_cluster_means_is_dm_towards_the_average_of_the_tail_cluster_means():
     feat_real, groups_real, feat_syn, groups_syn = two_classes(n=40)
     ids = torch.cat([torch.tensor([0] * 36 + [1] * 4), torch.tensor([2] * 30 + [3] * 10)])  # unequal clusters
     one = groups_real.clone()  # one cluster per class: plain DM
-    torch.testing.assert_close(cluster_means_loss(feat_real, groups_real, one, feat_syn, groups_syn, 2, 0.8),
-                               mean_matching_loss(feat_real, groups_real, feat_syn, groups_syn, 2))
+    torch.testing.assert_close(
+        cluster_means_loss(feat_real, groups_real, one, feat_syn, groups_syn, 2, 0.8),
+        mean_matching_loss(feat_real, groups_real, feat_syn, groups_syn, 2),
+    )
     # alpha = 1: every cluster is in the tail; the gradient is DM's towards the unweighted average of cluster means
     loss = cluster_means_loss(feat_real, groups_real, ids, feat_syn, groups_syn, 2, 1.0)
-    mean_of_means = torch.stack([(feat_real[ids == 2 * c].mean(0) + feat_real[ids == 2 * c + 1].mean(0)) / 2
-                                 for c in range(2)])
+    mean_of_means = torch.stack(
+        [(feat_real[ids == 2 * c].mean(0) + feat_real[ids == 2 * c + 1].mean(0)) / 2 for c in range(2)]
+    )
     m = torch.stack([feat_syn[groups_syn == c].mean(0) for c in range(2)])
-    torch.testing.assert_close(torch.autograd.grad(loss, feat_syn)[0],
-                               torch.autograd.grad(((m - mean_of_means) ** 2).sum(), feat_syn)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, feat_syn)[0], torch.autograd.grad(((m - mean_of_means) ** 2).sum(), feat_syn)[0]
+    )
 
 
 def test_dm_double_layer_runs_and_is_its_own_objective(small):
     plain = distill("dm", small, ipc=2, seed=5, **DM)
-    zero = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(dm_objective="double_layer", robust_weight=0.0),
-                   **DM)
+    zero = distill(
+        "dm", small, ipc=2, seed=5, robust=RobustConfig(dm_objective="double_layer", robust_weight=0.0), **DM
+    )
     torch.testing.assert_close(zero.images, plain.images, rtol=0, atol=1e-5)  # weight 0: plain DM
     double = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(dm_objective="double_layer"), **DM)
     means = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(), **DM)

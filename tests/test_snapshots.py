@@ -1,4 +1,5 @@
 """distill(..., snapshots=[...]): the learned images kept at given iteration counts."""
+
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ def test_snapshots_survive_a_resume(small, tmp_path):
     def crash(it, loss, seconds):
         if it == 4:
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         _dm(small, snapshots=(2, 5), checkpoint=ckpt, checkpoint_every=2, on_iteration=crash)
     resumed = _dm(small, snapshots=(2, 5), checkpoint=ckpt, checkpoint_every=2, resume=True)
@@ -38,6 +40,7 @@ def test_snapshots_survive_a_resume(small, tmp_path):
 
 def test_snapshot_saved_and_missing(small, tmp_path):
     from ddcore.synthetic import SyntheticSet
+
     syn = _dm(small, snapshots=(1,))
     syn.save(tmp_path / "s.safetensors")
     back = SyntheticSet.load(tmp_path / "s.safetensors")

@@ -5,6 +5,7 @@
   trains through a ConvNet stay within a stated tolerance of the stock run;
 - the allocator setting made at import (runtime.keep_freed_memory).
 """
+
 from __future__ import annotations
 
 import os
@@ -112,8 +113,13 @@ def run_both(monkeypatch, fn):
 METHOD_RUNS = {
     "dm": dict(iterations=3, batch_real=8),
     "dc": dict(iterations=2, batch_real=8, outer_loop=2, inner_loop=2),
-    "mtt": dict(iterations=2, syn_steps=2, expert_epochs=1, max_start_epoch=0,
-                experts=ExpertConfig(num_experts=1, epochs=1, model=ModelConfig(width=8))),
+    "mtt": dict(
+        iterations=2,
+        syn_steps=2,
+        expert_epochs=1,
+        max_start_epoch=0,
+        experts=ExpertConfig(num_experts=1, epochs=1, model=ModelConfig(width=8)),
+    ),
 }
 
 
@@ -141,8 +147,13 @@ def test_the_allocator_setting_is_made_at_import_and_can_be_declined():
     code = "import ddcore; print(ddcore.MALLOC_TUNED)"
     env = {k: v for k, v in os.environ.items() if k != "DDCORE_MALLOC"}
     tuned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    declined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**env, "DDCORE_MALLOC": "default"})
+    declined = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "DDCORE_MALLOC": "default"},
+    )
     glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
     assert tuned.stdout.strip() == str(glibc)
     assert declined.stdout.strip() == "False"
@@ -151,6 +162,7 @@ def test_the_allocator_setting_is_made_at_import_and_can_be_declined():
 # --- chunked backward: bounded memory, the same step ---
 def _one_step(chunk_size, risk=None, soft=False, norm="instance"):
     from ddcore.train import train_network
+
     torch.manual_seed(0)
     net = ConvNet(1, 10, (16, 16), width=8, norm=norm).double()
     gen = torch.Generator().manual_seed(3)
@@ -158,8 +170,9 @@ def _one_step(chunk_size, risk=None, soft=False, norm="instance"):
     y = torch.randint(0, 10, (40,), generator=gen)
     if soft:
         y = torch.softmax(torch.randn(40, 10, generator=gen, dtype=torch.float64), 1)
-    cfg = TrainConfig(epochs=1, batch_size=40, momentum=0.0, weight_decay=0.0, decay_at_half=False,
-                      chunk_size=chunk_size)
+    cfg = TrainConfig(
+        epochs=1, batch_size=40, momentum=0.0, weight_decay=0.0, decay_at_half=False, chunk_size=chunk_size
+    )
     losses = train_network(net, x, y, cfg, None, gen, risk=risk)
     return losses, torch.cat([p.detach().flatten() for p in net.parameters()])
 
@@ -174,6 +187,7 @@ def test_chunked_backward_takes_the_same_step_for_the_mean_loss(soft):
 
 def test_chunked_backward_takes_the_same_step_for_the_robust_risk():
     from ddcore.robust import robust_risk
+
     ids = torch.arange(40) % 3
 
     def risk(losses, idx):
@@ -196,11 +210,13 @@ def test_chunks_refuse_batch_norm_and_bad_sizes():
 
 def test_dc_robust_with_chunks_gives_the_same_set(small, tiny_model):
     from ddcore.robust import RobustConfig
+
     options = dict(iterations=2, batch_real=8, outer_loop=2, inner_loop=1, model=tiny_model)
     # dc_risk='network': chunk_size acts on the network step, which the default ('target') skips
     whole = distill("dc", small, ipc=1, seed=0, progress=False, robust=RobustConfig(dc_risk="network"), **options)
-    chunked = distill("dc", small, ipc=1, seed=0, progress=False,
-                      robust=RobustConfig(chunk_size=16, dc_risk="network"), **options)
+    chunked = distill(
+        "dc", small, ipc=1, seed=0, progress=False, robust=RobustConfig(chunk_size=16, dc_risk="network"), **options
+    )
     torch.testing.assert_close(chunked.images, whole.images, rtol=0, atol=1e-5)
 
 
@@ -217,6 +233,7 @@ def test_dc_with_batched_classes_gives_the_loop_s_set(small, tiny_model):
 
 def test_batched_class_gradients_match_one_class_at_a_time():
     from ddcore.distill.dc import batched_class_gradients, class_gradients
+
     net = affine_net(1, (16, 16), dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(3, 4, 1, 16, 16, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -227,18 +244,21 @@ def test_batched_class_gradients_match_one_class_at_a_time():
         for b, o in zip(batched, one):
             torch.testing.assert_close(b[c], o, rtol=1e-10, atol=1e-12)
     # differentiable w.r.t. the images, as DC's synthetic side needs
-    g_batched, = torch.autograd.grad(sum(g.square().sum() for g in batched), x)
-    g_loop, = torch.autograd.grad(sum(g.square().sum() for c in range(3)
-                                      for g in class_gradients(net, x[c], y[c], create_graph=True)), x)
+    (g_batched,) = torch.autograd.grad(sum(g.square().sum() for g in batched), x)
+    (g_loop,) = torch.autograd.grad(
+        sum(g.square().sum() for c in range(3) for g in class_gradients(net, x[c], y[c], create_graph=True)), x
+    )
     torch.testing.assert_close(g_batched, g_loop, rtol=1e-9, atol=1e-12)
 
 
 def test_batched_classes_need_equal_real_batches(mnist5k, tiny_model):
     from ddcore.data import subset_per_class
+
     uneven = subset_per_class(mnist5k, 6, seed=0)
     keep = torch.ones(len(uneven.labels_train), dtype=torch.bool)
     keep[(uneven.labels_train == 3).nonzero()[:2]] = False  # class 3 has 4 images, the others 6
     import dataclasses
+
     uneven = dataclasses.replace(uneven, images_train=uneven.images_train[keep], labels_train=uneven.labels_train[keep])
     with pytest.raises(ValueError, match="batch_classes=True needs batch_real=6"):
         distill("dc", uneven, ipc=1, iterations=1, batch_real=6, batch_classes=True, model=tiny_model, progress=False)

@@ -1,5 +1,6 @@
 """Students side by side (EvalConfig.side_by_side, ddcore/students.py): the same students as
 training them one after the other, up to float rounding."""
+
 import pytest
 import torch
 
@@ -19,8 +20,9 @@ RECIPE = TrainConfig(epochs=4, batch_size=8, weight_decay=0.05)
 def _assert_same_students(a, b, images_test):
     for k, (net_a, net_b) in enumerate(zip(a, b)):
         for (name, p), q in zip(net_a.state_dict().items(), net_b.state_dict().values()):
-            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5,
-                                       msg=lambda m, k=k, name=name: f"student {k}, {name}: {m}")
+            torch.testing.assert_close(
+                q, p, rtol=1e-3, atol=1e-5, msg=lambda m, k=k, name=name: f"student {k}, {name}: {m}"
+            )
         agree = (predict(net_a, images_test) == predict(net_b, images_test)).double().mean()
         assert agree > 0.99, f"student {k}: predictions agree on {agree:.1%}"
 
@@ -41,26 +43,35 @@ def test_side_by_side_trains_each_student_as_one_after_the_other(small):
 def _resample(seed: int, n: int = 20):
     """Fresh images and soft labels at every call, from the hook's own generator."""
     gen = torch.Generator().manual_seed(seed)
-    return lambda: (torch.randn(n, 1, 28, 28, generator=gen),
-                    torch.softmax(3 * torch.randn(n, 10, generator=gen), 1))
+    return lambda: (torch.randn(n, 1, 28, 28, generator=gen), torch.softmax(3 * torch.randn(n, 10, generator=gen), 1))
 
 
-@pytest.mark.parametrize("model", [ModelConfig(width=8), ModelConfig(width=8, norm="batch"),
-                                   ModelConfig("mlp", width=8)], ids=["instance", "batch", "mlp"])
+@pytest.mark.parametrize(
+    "model",
+    [ModelConfig(width=8), ModelConfig(width=8, norm="batch"), ModelConfig("mlp", width=8)],
+    ids=["instance", "batch", "mlp"],
+)
 def test_soft_labels_resampling_and_running_statistics_match_too(small, model):
     from ddcore.models import build_model
 
     def nets():
         torch.manual_seed(0)
         return [build_model(model, 1, 10, (28, 28)) for _ in range(2)]
+
     first = [_resample(10 + k)() for k in range(2)]  # placeholders; training resamples at epoch 0
     seq, sbs = nets(), nets()
     for k, net in enumerate(seq):
-        train_network(net, *first[k], RECIPE, dsa_for("mnist5k"), torch.Generator().manual_seed(k),
-                      resample=_resample(10 + k))
-    losses = train_side_by_side(sbs, first, RECIPE, dsa_for("mnist5k"),
-                                [torch.Generator().manual_seed(k) for k in range(2)],
-                                [_resample(10 + k) for k in range(2)])
+        train_network(
+            net, *first[k], RECIPE, dsa_for("mnist5k"), torch.Generator().manual_seed(k), resample=_resample(10 + k)
+        )
+    losses = train_side_by_side(
+        sbs,
+        first,
+        RECIPE,
+        dsa_for("mnist5k"),
+        [torch.Generator().manual_seed(k) for k in range(2)],
+        [_resample(10 + k) for k in range(2)],
+    )
     assert len(losses) == 2 and len(losses[0]) == RECIPE.epochs
     _assert_same_students(seq, sbs, small.images_test[:500])
 
@@ -69,16 +80,32 @@ def test_a_d3_set_with_soft_labels_gives_each_student_its_own_fresh_samples(smal
     from ddcore.decoder import DecoderConfig
     from ddcore.experts import ExpertConfig
     from ddcore.synthetic import SyntheticSet
+
     tiny = ModelConfig(width=8)
-    syn = distill("d3", small, ipc=2, seed=0, progress=False, soft_labels=False, iterations=1, batch_real=8,
-                  decoder=DecoderConfig(latent_dim=4, width=4), syn_steps=2, expert_epochs=1, max_start_epoch=1,
-                  experts=ExpertConfig(num_experts=1, epochs=2, model=tiny))
+    syn = distill(
+        "d3",
+        small,
+        ipc=2,
+        seed=0,
+        progress=False,
+        soft_labels=False,
+        iterations=1,
+        batch_real=8,
+        decoder=DecoderConfig(latent_dim=4, width=4),
+        syn_steps=2,
+        expert_epochs=1,
+        max_start_epoch=1,
+        experts=ExpertConfig(num_experts=1, epochs=2, model=tiny),
+    )
     soft = torch.softmax(3 * torch.nn.functional.one_hot(syn.labels, 10).float(), 1)  # (20, 10) soft targets
     syn = SyntheticSet(syn.images, soft, syn.meta, syn.extras)
     cfg = EvalConfig(model=tiny, train=RECIPE, num_nets=2)
     together = EvalConfig(model=tiny, train=RECIPE, num_nets=2, side_by_side=True)
-    _assert_same_students(list(students(syn, small, cfg, 0, "cpu")), list(students(syn, small, together, 0, "cpu")),
-                          small.images_test[:500])
+    _assert_same_students(
+        list(students(syn, small, cfg, 0, "cpu")),
+        list(students(syn, small, together, 0, "cpu")),
+        small.images_test[:500],
+    )
 
 
 def test_lr_drops_tenfold_at_half_the_epochs_side_by_side(small, monkeypatch):
@@ -91,8 +118,9 @@ def test_lr_drops_tenfold_at_half_the_epochs_side_by_side(small, monkeypatch):
 
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
     syn = distill("random", small, ipc=1, progress=False)
-    evaluate_synthetic(syn, small, EvalConfig(model=ModelConfig(width=8), train=TrainConfig(epochs=4), num_nets=2,
-                                              side_by_side=True))
+    evaluate_synthetic(
+        syn, small, EvalConfig(model=ModelConfig(width=8), train=TrainConfig(epochs=4), num_nets=2, side_by_side=True)
+    )
     assert seen == pytest.approx([0.01, 0.01, 0.001, 0.001])  # one optimizer step for both students
 
 

@@ -48,8 +48,10 @@ def test_rotate90_transform(small):
 def test_vflip_on_a_fashion_mnist_base(tmp_path, monkeypatch):
     """The clothes benchmark: fashion_mnist (here a small fake copy of Debian's files), upside down."""
     import numpy as np
-    from ddcore import data
     from test_data import _write_debian_folder
+
+    from ddcore import data
+
     _write_debian_folder(tmp_path / "fm", np.random.default_rng(0), n_train=60, n_test=20)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "fm")
     fashion = data.load_dataset("fashion_mnist")
@@ -60,6 +62,7 @@ def test_vflip_on_a_fashion_mnist_base(tmp_path, monkeypatch):
     assert torch.equal(rare_set.images_train[~rare], fashion.images_train[~rare])
     torch.testing.assert_close(rare_set.images_test[test_groups == 1], torch.flip(fashion.images_test, dims=(-2,)))
     from ddcore.augment import dsa_for
+
     assert "flip" in dsa_for(rare_set.name).strategy  # clothes keep DSA's horizontal flips
 
 

@@ -8,8 +8,12 @@ from ddcore.synthetic import SyntheticSet
 
 def _set(soft=False):
     labels = torch.softmax(torch.randn(6, 3), 1) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
-    return SyntheticSet(torch.randn(6, 1, 8, 8), labels, {"method": "dm", "ipc": 2, "config": {"lr": 1.0}},
-                        {"decoder.weight": torch.randn(4, 4)})
+    return SyntheticSet(
+        torch.randn(6, 1, 8, 8),
+        labels,
+        {"method": "dm", "ipc": 2, "config": {"lr": 1.0}},
+        {"decoder.weight": torch.randn(4, 4)},
+    )
 
 
 @pytest.mark.parametrize("soft", [False, True])

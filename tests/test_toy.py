@@ -1,4 +1,5 @@
 """The 2-D toy of ddcore.toy: plain mean matching stays in the common mode, robust objectives reach the rare one."""
+
 import pytest
 import torch
 
@@ -37,7 +38,7 @@ def test_only_robust_objectives_reach_the_rare_mode(name):
     cfg = ToyConfig()
     data = make_toy(cfg)
     run = distill_toy(data, cfg, OBJECTIVES[name])
-    to_rare = distance_to_rare(run, data)                                                   # (C, ipc)
+    to_rare = distance_to_rare(run, data)  # (C, ipc)
     to_common = (run.path[-1] - data.common_modes[run.labels]).norm(dim=1).view_as(to_rare)
     print(f"{name}: distance to the rare mode {to_rare.tolist()}, to the common mode {to_common.tolist()}")
     if OBJECTIVES[name] is None:  # plain DM: every point in the common mode or between, none at the rare one

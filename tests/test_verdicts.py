@@ -8,9 +8,16 @@ def test_noise_is_the_spread_of_a_difference():
     assert noise(0.0, 0.0) == 0.0
 
 
-@pytest.mark.parametrize("diff, level, word", [
-    (1.0, 1.0, "within noise"), (-1.0, 1.0, "within noise"), (1.01, 1.0, "better"), (-2.0, 1.0, "worse"),
-    (0.0, 0.0, "within noise")])
+@pytest.mark.parametrize(
+    "diff, level, word",
+    [
+        (1.0, 1.0, "within noise"),
+        (-1.0, 1.0, "within noise"),
+        (1.01, 1.0, "better"),
+        (-2.0, 1.0, "worse"),
+        (0.0, 0.0, "within noise"),
+    ],
+)
 def test_verdict_word(diff, level, word):
     assert verdict_word(diff, level) == word
 

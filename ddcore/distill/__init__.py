@@ -3,12 +3,13 @@
 Each method is a function `fn(run: Run, cfg) -> SyntheticSet` with its own config dataclass;
 `distill` builds that config from keyword arguments and rejects unknown keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..accel import AccelConfig, check_accel
 from ..checks import check_choice, check_int, check_writable_dir
@@ -22,9 +23,11 @@ _METHODS: dict[str, tuple[Callable, type]] = {}
 
 def register_method(name: str, config_cls: type):
     """Decorator: add a method `fn(run, cfg) -> SyntheticSet` with its config class."""
+
     def wrap(fn):
         _METHODS[name] = (fn, config_cls)
         return fn
+
     return wrap
 
 
@@ -43,10 +46,22 @@ def method_config(method: str, **overrides):
     return cls(**overrides)
 
 
-def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None, progress: bool = True,
-            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
-            config=None, on_iteration=None, accel: AccelConfig | None = None,
-            snapshots: tuple[int, ...] = (), **options) -> SyntheticSet:
+def distill(
+    method: str,
+    dataset: Dataset,
+    ipc: int,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    config=None,
+    on_iteration=None,
+    accel: AccelConfig | None = None,
+    snapshots: tuple[int, ...] = (),
+    **options,
+) -> SyntheticSet:
     """Distill `dataset` into `ipc` images per class with a registered method.
 
     Options go either as keyword arguments (e.g. iterations=200) or as a ready `config`.
@@ -78,12 +93,20 @@ def distill(method: str, dataset: Dataset, ipc: int, seed: int = 0, device=None,
     elif options:
         raise TypeError("pass either config=... or keyword options, not both")
     elif not isinstance(config, _METHODS[method][1]):
-        raise TypeError(f"config for {method} must be a {_METHODS[method][1].__name__}, "
-                        f"got {type(config).__name__}")
-    run = Run(dataset=dataset, ipc=ipc, seed=seed, device=resolve_device(device), progress=progress,
-              checkpoint=Path(checkpoint) if checkpoint is not None else None,
-              checkpoint_every=checkpoint_every, resume=resume, on_iteration=on_iteration,
-              accel=accel, snapshots=snapshots)
+        raise TypeError(f"config for {method} must be a {_METHODS[method][1].__name__}, got {type(config).__name__}")
+    run = Run(
+        dataset=dataset,
+        ipc=ipc,
+        seed=seed,
+        device=resolve_device(device),
+        progress=progress,
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        on_iteration=on_iteration,
+        accel=accel,
+        snapshots=snapshots,
+    )
     return _METHODS[method][0](run, config)
 
 

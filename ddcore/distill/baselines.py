@@ -1,4 +1,5 @@
 """Coreset baselines: real images chosen per class (random, herding, K-means)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ class RandomConfig:
 def random_subset(run: Run, cfg: RandomConfig):
     """ipc real images drawn uniformly per class: the baseline every method must beat."""
     gen = torch.Generator().manual_seed(run.seed)
-    picks = [idx[torch.randperm(len(idx), generator=gen)[:run.ipc]] for idx in class_indices(run)]
+    picks = [idx[torch.randperm(len(idx), generator=gen)[: run.ipc]] for idx in class_indices(run)]
     return _from_indices(run, "random", cfg, picks)
 
 
@@ -52,7 +53,7 @@ class KMeansConfig:
     space: str = "pixels"  # cluster normalised pixels, or 'embedding' of a (trained) ConvNet
     model: ModelConfig = field(default_factory=ModelConfig)
     feature_epochs: int = 10
-    n_init: int = 3        # K-means restarts
+    n_init: int = 3  # K-means restarts
 
     def __post_init__(self):
         check_choice("space", self.space, ("pixels", "embedding"))

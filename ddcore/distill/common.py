@@ -1,13 +1,14 @@
 """What every method shares: the run's context, real-image sampling, synthetic initialisation,
 fresh random networks, and the optimisation loop with checkpoints and resume."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,6 +25,7 @@ INITS = ("real", "noise")
 @dataclass
 class Run:
     """Everything about one distillation run that is not the method's own config."""
+
     dataset: Dataset
     ipc: int
     seed: int
@@ -50,8 +52,9 @@ def class_indices(run: Run) -> list[torch.Tensor]:
     return run.dataset.indices_per_class("train")
 
 
-def sample_real(run: Run, per_class: list[torch.Tensor], n: int, generator: torch.Generator,
-                classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_real(
+    run: Run, per_class: list[torch.Tensor], n: int, generator: torch.Generator, classes: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to n random real images of each class (all classes by default), sorted by class.
 
     Returns images on the run's device and their class ids (on the CPU, for grouping).
@@ -88,11 +91,24 @@ def fresh_net(run: Run, model: ModelConfig, generator: torch.Generator, num_clas
     return to_memory_format(net.to(run.device), run.accel)
 
 
-def make_set(run: Run, method: str, cfg, images: torch.Tensor, labels: torch.Tensor,
-             losses: list[float] | None = None, extras: dict | None = None) -> SyntheticSet:
+def make_set(
+    run: Run,
+    method: str,
+    cfg,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    losses: list[float] | None = None,
+    extras: dict | None = None,
+) -> SyntheticSet:
     """Wrap a method's result with its provenance."""
-    meta = {"method": method, "dataset": run.dataset.name, "ipc": run.ipc, "seed": run.seed,
-            "num_classes": run.num_classes, "config": _plain(cfg)}
+    meta = {
+        "method": method,
+        "dataset": run.dataset.name,
+        "ipc": run.ipc,
+        "seed": run.seed,
+        "num_classes": run.num_classes,
+        "config": _plain(cfg),
+    }
     if losses is not None:
         meta["final_loss"] = losses[-1] if losses else None
     if not run.accel.is_default:  # recorded only when used, so default sets keep their meta
@@ -110,8 +126,16 @@ def _plain(cfg) -> dict:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
-def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str, torch.Tensor],
-             optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator) -> list[float]:
+def optimize(
+    run: Run,
+    method: str,
+    cfg,
+    iterations: int,
+    step,
+    params: dict[str, torch.Tensor],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generator: torch.Generator,
+) -> list[float]:
     """Call `step(iteration) -> loss` for each iteration, with checkpoints, resume and NaN checks.
 
     `run.on_iteration`, when set, gets (iteration, loss, seconds of the step) after each iteration;
@@ -130,8 +154,11 @@ def optimize(run: Run, method: str, cfg, iterations: int, step, params: dict[str
         loss = float(step(it))
         seconds = time.perf_counter() - began
         if not math.isfinite(loss):
-            good = (f"the last good checkpoint is {run.checkpoint} (iteration {it - it % run.checkpoint_every})"
-                    if run.checkpoint is not None and it >= run.checkpoint_every else "no checkpoint was written")
+            good = (
+                f"the last good checkpoint is {run.checkpoint} (iteration {it - it % run.checkpoint_every})"
+                if run.checkpoint is not None and it >= run.checkpoint_every
+                else "no checkpoint was written"
+            )
             raise FloatingPointError(f"{method}: the loss became {loss} at iteration {it}; {good}")
         losses.append(loss)
         _keep(run, it + 1, params)
@@ -154,32 +181,47 @@ def _progress_bar(run: Run, method: str, start: int, iterations: int):
     if not run.progress:
         return range(start, iterations)
     from tqdm.auto import tqdm  # imported here: tqdm.auto warns at import in kernels without ipywidgets
+
     return tqdm(range(start, iterations), desc=f"{method} ipc={run.ipc}", initial=start, total=iterations)
 
 
 def _identity(run: Run, method: str, cfg) -> dict:
-    return {"method": method, "dataset": run.dataset.name, "ipc": run.ipc, "seed": run.seed,
-            "config": repr(_plain(cfg))}
+    return {
+        "method": method,
+        "dataset": run.dataset.name,
+        "ipc": run.ipc,
+        "seed": run.seed,
+        "config": repr(_plain(cfg)),
+    }
 
 
 def _save(run, method, cfg, iteration, losses, params, optimizers, generator) -> None:
-    save_checkpoint(run.checkpoint, {
-        "identity": _identity(run, method, cfg), "iteration": iteration,
-        "losses": torch.tensor(losses, dtype=torch.float64),
-        "params": {k: v.detach().cpu() for k, v in params.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "generator": generator.get_state(),
-        "kept": {str(n): tensors for n, tensors in run.kept.items()}})
+    save_checkpoint(
+        run.checkpoint,
+        {
+            "identity": _identity(run, method, cfg),
+            "iteration": iteration,
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "params": {k: v.detach().cpu() for k, v in params.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "generator": generator.get_state(),
+            "kept": {str(n): tensors for n, tensors in run.kept.items()},
+        },
+    )
 
 
 def _restore(run, method, cfg, params, optimizers, generator) -> tuple[int, list[float]]:
     state = load_checkpoint(run.checkpoint)
     expected, found = _identity(run, method, cfg), state.get("identity")
     if found != expected:
-        diff = {k: (found.get(k) if isinstance(found, dict) else None, v) for k, v in expected.items()
-                if not isinstance(found, dict) or found.get(k) != v}
-        raise ValueError(f"checkpoint {run.checkpoint} was made by an incompatible run; "
-                         f"differences (checkpoint, this run): {diff}")
+        diff = {
+            k: (found.get(k) if isinstance(found, dict) else None, v)
+            for k, v in expected.items()
+            if not isinstance(found, dict) or found.get(k) != v
+        }
+        raise ValueError(
+            f"checkpoint {run.checkpoint} was made by an incompatible run; differences (checkpoint, this run): {diff}"
+        )
     with torch.no_grad():
         for k, v in params.items():
             v.copy_(state["params"][k].to(v.device))

@@ -24,6 +24,7 @@ The SyntheticSet holds the decoded mean images (for plots and as a fixed view), 
 `extras` the priors (`mu`, `logvar`) and the decoder weights (`decoder.*`): the only tensors
 `ddcore.storage` counts. Evaluation decodes fresh samples every epoch.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -33,11 +34,11 @@ import torch
 from ..accel import AccelConfig, autocast, to_memory_format
 from ..augment import apply_dsa, dsa_for, sample_dsa
 from ..checks import check_choice, check_float, check_int
+from ..cluster import voronoi_cells
 from ..decoder import Decoder, DecoderConfig, decode_with_means
 from ..experts import ExpertConfig, final_network
-from ..cluster import voronoi_cells
-from ..robust import RobustConfig, Subpopulations, cvar
 from ..labels import LabellerConfig, label_mismatch, soft_labels, train_labeller
+from ..robust import RobustConfig, Subpopulations, cvar
 from ..synthetic import SyntheticSet
 from . import register_method
 from .common import Run, class_indices, fresh_net, make_set, optimize, sample_real
@@ -53,33 +54,34 @@ BANDWIDTHS = (1.0, 2.0, 4.0, 8.0, 16.0)
 class D3Config:
     """D3's options. Learning rates, latent size (decoder.latent_dim = 64) and MMD sizes are in the
     ranges of the authors' run scripts as summarised in FACTS.md ("D3: the authors' own run settings")."""
-    iterations: int = 1000         # the authors: 8,000-10,000
-    lpc: int | None = None         # latent priors per class; None: the run's ipc
+
+    iterations: int = 1000  # the authors: 8,000-10,000
+    lpc: int | None = None  # latent priors per class; None: the run's ipc
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # latent_dim 64: the authors' smallest
     samples_per_prior: int | None = None  # draws per prior in the matching step, next to the means; None: 1
-    matching: str = "mtt"          # mtt (the authors') | dm ("DM + MMD": cheaper, not the authors') | none (MMD only)
-    mmd_weight: float = 1.0        # weight of the MMD step's loss (the paper: 1)
-    mmd_samples: int = 24          # decoded images per class in the MMD, mmd_samples // lpc per prior (>= 1);
-                                   # the authors: 12-30 (FACTS.md)
-    mmd_real: int = 32             # real images per class the MMD compares them with; the authors: about 30
-    batch_real: int = 256          # real images per class for matching='dm' only
-    lr_prior: float = 1e-3         # SGD (momentum 0.5) on mu and logvar; the authors: about 3e-4 to 5e-3
-    lr_decoder: float = 1e-4       # Adam (weight decay 1e-5) on the decoder; the authors: about 8e-5 to 3e-4
-                                   # (their argparse default 1e-2 is not what their runs use)
+    matching: str = "mtt"  # mtt (the authors') | dm ("DM + MMD": cheaper, not the authors') | none (MMD only)
+    mmd_weight: float = 1.0  # weight of the MMD step's loss (the paper: 1)
+    mmd_samples: int = 24  # decoded images per class in the MMD, mmd_samples // lpc per prior (>= 1);
+    # the authors: 12-30 (FACTS.md)
+    mmd_real: int = 32  # real images per class the MMD compares them with; the authors: about 30
+    batch_real: int = 256  # real images per class for matching='dm' only
+    lr_prior: float = 1e-3  # SGD (momentum 0.5) on mu and logvar; the authors: about 3e-4 to 5e-3
+    lr_decoder: float = 1e-4  # Adam (weight decay 1e-5) on the decoder; the authors: about 8e-5 to 3e-4
+    # (their argparse default 1e-2 is not what their runs use)
     # trajectory matching (matching='mtt'); the paper: 10 student steps, 2 expert epochs ahead
     syn_steps: int = 10
     expert_epochs: int = 2
     max_start_epoch: int = 10
-    lr_lr: float = 1e-5            # SGD (momentum 0.5) on the learnable student step size
+    lr_lr: float = 1e-5  # SGD (momentum 0.5) on the learnable student step size
     lr_init: float = 0.01
     batch_syn: int | None = None
-    dsa_distill: bool = False      # DSA on decoded and real images during distillation; the authors: none
-    dsa: bool | None = None        # older name of dsa_distill, still accepted (bench/run.py passes it); wins if set
-    experts: ExpertConfig = field(default_factory=ExpertConfig)   # also the matching/feature network
+    dsa_distill: bool = False  # DSA on decoded and real images during distillation; the authors: none
+    dsa: bool | None = None  # older name of dsa_distill, still accepted (bench/run.py passes it); wins if set
+    experts: ExpertConfig = field(default_factory=ExpertConfig)  # also the matching/feature network
     experts_dir: str | None = None  # None: the checkpoint's folder, else trained in memory
-    soft_labels: bool = True       # False: each prior's class (labels.with_hard_labels does it after the fact)
+    soft_labels: bool = True  # False: each prior's class (labels.with_hard_labels does it after the fact)
     labeller_source: str = "train"  # train: a ConvNet trained on all training images (`labeller`);
-                                   # expert: the first expert at its last epoch (the authors'; no extra training)
+    # expert: the first expert at its last epoch (the authors'; no extra training)
     labeller: LabellerConfig = field(default_factory=LabellerConfig)
     robust: RobustConfig | None = None  # our extension: the MMD term as the CVaR over each class's subpopulations
 
@@ -115,8 +117,10 @@ class D3Config:
         if self.batch_syn is not None:
             check_int("batch_syn", self.batch_syn, low=1)
         if self.matching == "mtt" and self.max_start_epoch + self.expert_epochs > self.experts.epochs:
-            raise ValueError(f"max_start_epoch + expert_epochs = {self.max_start_epoch + self.expert_epochs} "
-                             f"must be <= experts.epochs = {self.experts.epochs}")
+            raise ValueError(
+                f"max_start_epoch + expert_epochs = {self.max_start_epoch + self.expert_epochs} "
+                f"must be <= experts.epochs = {self.experts.epochs}"
+            )
 
     @property
     def augment(self) -> bool:
@@ -158,12 +162,16 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidths=BANDWIDTHS) -> to
     scale = d2.detach().sum() / (joint.shape[0] * (joint.shape[0] - 1))
     k = sum(torch.exp(-d2 / (b * scale.clamp(min=1e-12))) for b in bandwidths)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
-    return ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+    return (
+        (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+        + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
 
 
-def mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-             accel: AccelConfig | None = None) -> torch.Tensor:
+def mmd_loss(
+    feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw, accel: AccelConfig | None = None
+) -> torch.Tensor:
     """Sum over classes of the unbiased MMD^2 between real and decoded features (one DSA draw per class).
 
     Features come from dm.embed_features (fastpath.embed's faster CPU kernels; accel's autocast),
@@ -173,8 +181,9 @@ def mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_
         feat_real = embed_features(feature_net, apply_dsa(images_real, draw, groups_real), accel)
     feat_syn = embed_features(feature_net, apply_dsa(images_syn, draw, groups_syn), accel)
     groups_real, groups_syn = groups_real.to(feat_real.device), groups_syn.to(feat_syn.device)
-    return torch.stack([mmd2_unbiased(feat_syn[groups_syn == c], feat_real[groups_real == c])
-                        for c in range(num_classes)]).sum()
+    return torch.stack(
+        [mmd2_unbiased(feat_syn[groups_syn == c], feat_real[groups_real == c]) for c in range(num_classes)]
+    ).sum()
 
 
 def priors_per_class(run: Run, cfg: D3Config) -> tuple[int, int, int]:
@@ -184,8 +193,18 @@ def priors_per_class(run: Run, cfg: D3Config) -> tuple[int, int, int]:
     return lpc, draws, mmd_draws(lpc, cfg.mmd_samples)
 
 
-def robust_mmd_loss(feature_net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-                    robust: RobustConfig, cluster_fn, accel: AccelConfig | None = None) -> torch.Tensor:
+def robust_mmd_loss(
+    feature_net,
+    images_real,
+    groups_real,
+    images_syn,
+    groups_syn,
+    num_classes,
+    draw,
+    robust: RobustConfig,
+    cluster_fn,
+    accel: AccelConfig | None = None,
+) -> torch.Tensor:
     """Sum over classes of the CVaR (level robust.alpha), over the class's subpopulations, of the
     MMD^2 between the class's decoded features and that subpopulation's real features.
 
@@ -201,8 +220,11 @@ def robust_mmd_loss(feature_net, images_real, groups_real, images_syn, groups_sy
     losses = []
     for c in range(num_classes):
         syn_c = feat_syn[groups_syn == c]
-        per_cluster = [mmd2_unbiased(syn_c, feat_real[ids == j]) for j in ids[groups_real == c].unique().tolist()
-                       if int((ids == j).sum()) >= 2]
+        per_cluster = [
+            mmd2_unbiased(syn_c, feat_real[ids == j])
+            for j in ids[groups_real == c].unique().tolist()
+            if int((ids == j).sum()) >= 2
+        ]
         losses.append(cvar(torch.stack(per_cluster), robust.alpha))
     return torch.stack(losses).sum()
 
@@ -215,8 +237,9 @@ def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = to_memory_format(Decoder(cfg.decoder, run.dataset.channels, run.dataset.im_size).to(run.device),
-                                   run.accel)
+        decoder = to_memory_format(
+            Decoder(cfg.decoder, run.dataset.channels, run.dataset.im_size).to(run.device), run.accel
+        )
     prior_class = torch.arange(run.num_classes, device=run.device).repeat_interleave(lpc)
     return mu, logvar, decoder, prior_class
 
@@ -224,29 +247,33 @@ def init_generator(run: Run, cfg: D3Config, lpc: int, generator: torch.Generator
 @dataclass
 class _Learned:
     """What a D3 run learns (priors, decoder, student step size) and the optimizers that move it."""
+
     mu: torch.Tensor
     logvar: torch.Tensor
     decoder: Decoder
-    prior_class: torch.Tensor      # (P,) class of each prior
+    prior_class: torch.Tensor  # (P,) class of each prior
     syn_lr: torch.Tensor
     optimizers: dict[str, torch.optim.Optimizer]
 
     @classmethod
-    def create(cls, run: Run, cfg: D3Config, lpc: int, gen: torch.Generator) -> "_Learned":
+    def create(cls, run: Run, cfg: D3Config, lpc: int, gen: torch.Generator) -> _Learned:
         mu, logvar, decoder, prior_class = init_generator(run, cfg, lpc, gen)
         mu.requires_grad_(True)
         logvar.requires_grad_(True)
         syn_lr = torch.tensor(cfg.lr_init, device=run.device).requires_grad_(True)
-        optimizers = {"prior": torch.optim.SGD([mu, logvar], lr=cfg.lr_prior, momentum=0.5),
-                      "decoder": torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder, weight_decay=1e-5),
-                      "lr": torch.optim.SGD([syn_lr], lr=cfg.lr_lr, momentum=0.5)}
+        optimizers = {
+            "prior": torch.optim.SGD([mu, logvar], lr=cfg.lr_prior, momentum=0.5),
+            "decoder": torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder, weight_decay=1e-5),
+            "lr": torch.optim.SGD([syn_lr], lr=cfg.lr_lr, momentum=0.5),
+        }
         return cls(mu, logvar, decoder, prior_class, syn_lr, optimizers)
 
     def decode(self, run: Run, per_prior: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(means, samples) decoded in one batch, as fp32 (the losses take fp32; a no-op without autocast)."""
         with autocast(run.device, run.accel):
-            means, samples = decode_with_means(self.decoder, self.mu, self.logvar, per_prior,
-                                               run.dataset.normalize, gen)
+            means, samples = decode_with_means(
+                self.decoder, self.mu, self.logvar, per_prior, run.dataset.normalize, gen
+            )
         return means.float(), samples.float()
 
     def step(self, loss: torch.Tensor, names: tuple[str, ...]) -> float:
@@ -260,18 +287,23 @@ class _Learned:
 
     def params(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint restores in place."""
-        return {"mu": self.mu, "logvar": self.logvar, "syn_lr": self.syn_lr,
-                **{f"decoder.{k}": v for k, v in self.decoder.state_dict(keep_vars=True).items()}}
+        return {
+            "mu": self.mu,
+            "logvar": self.logvar,
+            "syn_lr": self.syn_lr,
+            **{f"decoder.{k}": v for k, v in self.decoder.state_dict(keep_vars=True).items()},
+        }
 
 
 @dataclass
 class _Context:
     """What a D3 run reads but does not learn."""
+
     run: Run
     cfg: D3Config
     gen: torch.Generator
-    draws: int                     # per prior in the matching step
-    mmd_draws: int                 # per prior in the MMD step
+    draws: int  # per prior in the matching step
+    mmd_draws: int  # per prior in the MMD step
     trajectories: list | None
     feature_net: torch.nn.Module | None  # an expert at its last epoch: MMD features (and the 'expert' labeller)
     per_class: list
@@ -279,16 +311,26 @@ class _Context:
     subpops: Subpopulations | None
 
     @classmethod
-    def create(cls, run: Run, cfg: D3Config, gen: torch.Generator) -> "_Context":
+    def create(cls, run: Run, cfg: D3Config, gen: torch.Generator) -> _Context:
         _, draws, mmd = priors_per_class(run, cfg)
         trajectories = experts_for(run, cfg.experts, cfg.experts_dir) if cfg.needs_experts else None
         feature_net = None
         if cfg.mmd_weight > 0 or cfg.expert_labeller:
-            feature_net = to_memory_format(final_network(trajectories[0], run.dataset, cfg.experts.model,
-                                                         run.device), run.accel)
-        return cls(run, cfg, gen, draws, mmd, trajectories, feature_net, class_indices(run),
-                   dsa_for(run.dataset.name) if cfg.augment else None,
-                   Subpopulations(cfg.robust, run.seed) if cfg.robust else None)
+            feature_net = to_memory_format(
+                final_network(trajectories[0], run.dataset, cfg.experts.model, run.device), run.accel
+            )
+        return cls(
+            run,
+            cfg,
+            gen,
+            draws,
+            mmd,
+            trajectories,
+            feature_net,
+            class_indices(run),
+            dsa_for(run.dataset.name) if cfg.augment else None,
+            Subpopulations(cfg.robust, run.seed) if cfg.robust else None,
+        )
 
     def dsa_draw(self):
         """One DSA draw per class (real and decoded images of a class share it), or None."""
@@ -304,8 +346,9 @@ def matching_step(ctx: _Context, st: _Learned, student) -> float:
     images = torch.cat([means, samples])
     labels = torch.cat([st.prior_class, st.prior_class.repeat_interleave(ctx.draws)])
     if cfg.matching == "mtt":
-        loss = trajectory_matching_loss(student, ctx.trajectories, images, labels, st.syn_lr, cfg, ctx.dsa,
-                                        ctx.gen, run.accel)
+        loss = trajectory_matching_loss(
+            student, ctx.trajectories, images, labels, st.syn_lr, cfg, ctx.dsa, ctx.gen, run.accel
+        )
         value = st.step(loss, ("prior", "decoder", "lr"))
         with torch.no_grad():
             st.syn_lr.clamp_(min=1e-6)  # a negative step size would ascend the loss
@@ -330,8 +373,7 @@ def mmd_step(ctx: _Context, st: _Learned, it: int) -> float:
     if cfg.robust is None:
         loss = mmd_loss(*args, run.accel)
     else:
-        loss = robust_mmd_loss(*args, cfg.robust, _cluster_fn(ctx, it, images_real, groups_real, groups_syn),
-                               run.accel)
+        loss = robust_mmd_loss(*args, cfg.robust, _cluster_fn(ctx, it, images_real, groups_real, groups_syn), run.accel)
     return st.step(cfg.mmd_weight * loss, ("prior", "decoder"))
 
 
@@ -343,6 +385,7 @@ def _cluster_fn(ctx: _Context, it: int, images_real, groups_real, groups_syn):
         if ctx.cfg.robust.clustering == "synthetic":
             return voronoi_cells(feat_real, groups_real, feat_syn, groups_syn)
         return ctx.subpops(it, ctx.feature_net, images_real, groups_real)
+
     return ids
 
 
@@ -370,20 +413,25 @@ def label_priors(ctx: _Context, mean_images: torch.Tensor, prior_class: torch.Te
     if cfg.labeller_source == "expert":
         labeller = ctx.feature_net
     else:
-        labeller = train_labeller(run.dataset, cfg.labeller, seed=run.seed, device=run.device,
-                                  root=cache_root(run, cfg.experts_dir))
+        labeller = train_labeller(
+            run.dataset, cfg.labeller, seed=run.seed, device=run.device, root=cache_root(run, cfg.experts_dir)
+        )
     return soft_labels(labeller, mean_images)
 
 
 def _finish(ctx: _Context, st: _Learned, losses) -> SyntheticSet:
     run, cfg = ctx.run, ctx.cfg
     with torch.no_grad():  # the means as a student's epoch decodes them: with one draw per prior (seeded)
-        mean_images, _ = decode_with_means(st.decoder, st.mu, st.logvar, 1, run.dataset.normalize,
-                                           torch.Generator().manual_seed(run.seed))
+        mean_images, _ = decode_with_means(
+            st.decoder, st.mu, st.logvar, 1, run.dataset.normalize, torch.Generator().manual_seed(run.seed)
+        )
     labels = label_priors(ctx, mean_images, st.prior_class)
     # contiguous: channels_last decoder weights would be refused by safetensors (a no-op otherwise)
-    extras = {"mu": st.mu.detach().cpu(), "logvar": st.logvar.detach().cpu(),
-              **{f"decoder.{k}": v.detach().cpu().contiguous() for k, v in st.decoder.state_dict().items()}}
+    extras = {
+        "mu": st.mu.detach().cpu(),
+        "logvar": st.logvar.detach().cpu(),
+        **{f"decoder.{k}": v.detach().cpu().contiguous() for k, v in st.decoder.state_dict().items()},
+    }
     syn = make_set(run, "d3", cfg, mean_images, labels, losses, extras)
     syn.meta["lpc"] = len(st.prior_class) // run.num_classes
     syn.meta["generative"] = "d3"

@@ -13,6 +13,7 @@ Robust variant (DCConfig.robust, Vahidian et al. 2025), where RobustConfig.dc_ri
   (robust_train_step); the target stays the mean loss's gradient;
 - 'both'.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,23 +43,23 @@ def default_loops(ipc: int) -> tuple[int, int]:
 
 @dataclass
 class DCConfig:
-    iterations: int = 1000            # the reference runs 1,000
-    outer_loop: int | None = None     # None: default_loops(ipc)
+    iterations: int = 1000  # the reference runs 1,000
+    outer_loop: int | None = None  # None: default_loops(ipc)
     inner_loop: int | None = None
-    lr_img: float = 0.1               # SGD on pixels, momentum 0.5 (reference)
+    lr_img: float = 0.1  # SGD on pixels, momentum 0.5 (reference)
     momentum: float = 0.5
-    lr_net: float = 0.01              # inner-loop SGD on the network
-    batch_real: int = 256             # real images per class per outer step
-    batch_train: int = 256            # inner-loop batch of synthetic images
+    lr_net: float = 0.01  # inner-loop SGD on the network
+    batch_real: int = 256  # real images per class per outer step
+    batch_train: int = 256  # inner-loop batch of synthetic images
     init: str = "real"
     dsa: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     robust: RobustConfig | None = None  # robust distillation (Vahidian et al. 2025): robust.dc_risk says where
-                                        # the risk acts (robust_class_gradients, robust_train_step)
-    batch_classes: bool = False       # every class's gradients in one batched pass (torch.func.vmap):
-                                      # the same loss, fewer and larger kernels (for GPUs; on the 2-core
-                                      # CPU at width 128 an outer step takes 7.2-7.8 s instead of 5.6);
-                                      # needs batch_real real images in every class
+    # the risk acts (robust_class_gradients, robust_train_step)
+    batch_classes: bool = False  # every class's gradients in one batched pass (torch.func.vmap):
+    # the same loss, fewer and larger kernels (for GPUs; on the 2-core
+    # CPU at width 128 an outer step takes 7.2-7.8 s instead of 5.6);
+    # needs batch_real real images in every class
 
     def __post_init__(self):
         check_int("iterations", self.iterations, low=0)
@@ -99,8 +100,9 @@ def class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig 
     return list(torch.autograd.grad(loss, params, create_graph=create_graph))
 
 
-def robust_class_gradients(net, images, labels, cluster_ids_fn, robust: RobustConfig,
-                           accel: AccelConfig | None = None) -> list[torch.Tensor]:
+def robust_class_gradients(
+    net, images, labels, cluster_ids_fn, robust: RobustConfig, accel: AccelConfig | None = None
+) -> list[torch.Tensor]:
     """The robust DC target: the gradient, w.r.t. the network's parameters, of the normalised
     group-robust risk of the per-sample cross-entropies of one class's real batch.
 
@@ -125,8 +127,15 @@ def robust_class_gradients(net, images, labels, cluster_ids_fn, robust: RobustCo
     return list(torch.autograd.grad(risk, params))
 
 
-def class_ids_fn(subpops: Subpopulations, it: int, net, raw: torch.Tensor, syn: torch.Tensor, c: int,
-                 accel: AccelConfig | None = None):
+def class_ids_fn(
+    subpops: Subpopulations,
+    it: int,
+    net,
+    raw: torch.Tensor,
+    syn: torch.Tensor,
+    c: int,
+    accel: AccelConfig | None = None,
+):
     """For class c: embeddings of its augmented real batch -> subpopulation ids, as cfg.robust says.
 
     Voronoi cells compare them with the synthetic images' embeddings under the same DSA draw
@@ -144,6 +153,7 @@ def class_ids_fn(subpops: Subpopulations, it: int, net, raw: torch.Tensor, syn: 
         if subpops.cfg.cluster_space == "pixels":
             feats = raw.flatten(1)
         return subpops.from_features(it, net, feats, labels, feats_syn, labels_syn)
+
     return ids
 
 
@@ -158,8 +168,9 @@ def risk_weights(losses: torch.Tensor, cluster_ids: torch.Tensor, robust: Robust
         return torch.autograd.grad(risk, losses)[0]
 
 
-def batched_class_gradients(net, images, labels, create_graph: bool, accel: AccelConfig | None = None,
-                            weights: torch.Tensor | None = None):
+def batched_class_gradients(
+    net, images, labels, create_graph: bool, accel: AccelConfig | None = None, weights: torch.Tensor | None = None
+):
     """class_gradients of every class in one pass: images (C, n, ...) and labels (C, n) give, per
     parameter, a (C, *shape) tensor. Differentiable w.r.t. the images when create_graph is True.
     weights (C, n), if given, replace the mean by sum_i w_i l_i (see risk_weights)."""
@@ -177,8 +188,9 @@ def batched_class_gradients(net, images, labels, create_graph: bool, accel: Acce
     return [g if create_graph else g.detach() for g in grads.values()]
 
 
-def batched_risk_weights(net, real: torch.Tensor, targets: torch.Tensor, ids_fns, robust: RobustConfig,
-                         accel: AccelConfig | None = None) -> torch.Tensor:
+def batched_risk_weights(
+    net, real: torch.Tensor, targets: torch.Tensor, ids_fns, robust: RobustConfig, accel: AccelConfig | None = None
+) -> torch.Tensor:
     """risk_weights of every class, (C, n), from one no-grad forward of all real batches (C, n, ...).
 
     vmap cannot run the risk itself (its sort and bincount have data-dependent shapes), so the
@@ -204,16 +216,29 @@ def class_batches(run: Run, cfg: DCConfig, images_syn, labels_syn, per_class, ds
     return raw, real, syn
 
 
-def match_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen,
-               subpops: Subpopulations | None = None, it: int = 0) -> torch.Tensor:
+def match_step(
+    run: Run,
+    cfg: DCConfig,
+    net,
+    images_syn,
+    labels_syn,
+    per_class,
+    dsa,
+    gen,
+    subpops: Subpopulations | None = None,
+    it: int = 0,
+) -> torch.Tensor:
     """One outer step's matching loss, summed over classes.
 
     With `subpops` the real target of each class is robust_class_gradients' (ids from `subpops`
     at step `it`), else the gradient of the mean cross-entropy.
     """
     raw, real, syn = class_batches(run, cfg, images_syn, labels_syn, per_class, dsa, gen)
-    ids_fns = None if subpops is None else [class_ids_fn(subpops, it, net, raw[c], syn[c], c, run.accel)
-                                            for c in range(run.num_classes)]
+    ids_fns = (
+        None
+        if subpops is None
+        else [class_ids_fn(subpops, it, net, raw[c], syn[c], c, run.accel) for c in range(run.num_classes)]
+    )
     if cfg.batch_classes:
         return _batched_match(run, cfg, net, real, syn, ids_fns)
     loss = images_syn.new_zeros(())
@@ -234,13 +259,14 @@ def _batched_match(run: Run, cfg: DCConfig, net, real, syn, ids_fns) -> torch.Te
     """match_step's loss with every class's gradients in one vmap pass (cfg.batch_classes)."""
     sizes = [len(x) for x in real]
     if len(set(sizes)) > 1:
-        raise ValueError(f"batch_classes=True needs batch_real={cfg.batch_real} real images in every class; "
-                         f"the smallest has {min(sizes)}: lower batch_real or set batch_classes=False")
+        raise ValueError(
+            f"batch_classes=True needs batch_real={cfg.batch_real} real images in every class; "
+            f"the smallest has {min(sizes)}: lower batch_real or set batch_classes=False"
+        )
     real, syn = torch.stack(real), torch.stack(syn)
     classes = torch.arange(run.num_classes, device=run.device)[:, None]
     targets_real, targets_syn = classes.expand(-1, sizes[0]), classes.expand(-1, run.ipc)
-    weights = None if ids_fns is None else batched_risk_weights(net, real, targets_real, ids_fns, cfg.robust,
-                                                                 run.accel)
+    weights = None if ids_fns is None else batched_risk_weights(net, real, targets_real, ids_fns, cfg.robust, run.accel)
     grads_real = batched_class_gradients(net, real, targets_real, False, run.accel, weights)
     grads_syn = batched_class_gradients(net, syn, targets_syn, True, run.accel)
     loss = syn.new_zeros(())
@@ -249,16 +275,24 @@ def _batched_match(run: Run, cfg: DCConfig, net, real, syn, ids_fns) -> torch.Te
     return loss
 
 
-def robust_train_step(run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen,
-                      subpops: Subpopulations, it: int) -> None:
+def robust_train_step(
+    run: Run, cfg: DCConfig, net, images_syn, labels_syn, per_class, dsa, gen, subpops: Subpopulations, it: int
+) -> None:
     """The paper's robust step before matching (dc_risk 'network' or 'both'): draw a real subsample
     T' per class, split it into subpopulations, and take one full-batch SGD step of the network on
     T' minimising the robust risk (CVaR within subpopulations, mean plus weighted max across them)."""
     images_real, labels_real = sample_real(run, per_class, cfg.batch_real, gen)
     labels_real = labels_real.to(run.device)
     ids = subpops(it, net, images_real, labels_real, images_syn.detach(), labels_syn)
-    one_step = TrainConfig(epochs=1, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0,
-                           batch_size=len(images_real), decay_at_half=False, chunk_size=cfg.robust.chunk_size)
+    one_step = TrainConfig(
+        epochs=1,
+        lr=cfg.lr_net,
+        momentum=0.0,
+        weight_decay=0.0,
+        batch_size=len(images_real),
+        decay_at_half=False,
+        chunk_size=cfg.robust.chunk_size,
+    )
     train_network_robust(net, images_real, labels_real, ids, one_step, cfg.robust, dsa, gen)
 
 
@@ -272,8 +306,9 @@ def gradient_matching(run: Run, cfg: DCConfig):
     labels_dev = labels_syn.to(run.device)
     opt = torch.optim.SGD([images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
     per_class, dsa = class_indices(run), dsa_for(run.dataset.name) if cfg.dsa else None
-    inner_cfg = TrainConfig(epochs=inner, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0,
-                            batch_size=cfg.batch_train, decay_at_half=False)
+    inner_cfg = TrainConfig(
+        epochs=inner, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0, batch_size=cfg.batch_train, decay_at_half=False
+    )
 
     name = "dc+robust" if cfg.robust else "dc"
     subpops = Subpopulations(cfg.robust, run.seed) if cfg.robust else None
@@ -285,8 +320,9 @@ def gradient_matching(run: Run, cfg: DCConfig):
         for ol in range(outer):
             if network_risk:
                 robust_train_step(run, cfg, net, images_syn, labels_dev, per_class, dsa, gen, subpops, it)
-            loss = match_step(run, cfg, net, images_syn, labels_dev, per_class, dsa, gen,
-                              subpops if target_risk else None, it)
+            loss = match_step(
+                run, cfg, net, images_syn, labels_dev, per_class, dsa, gen, subpops if target_risk else None, it
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

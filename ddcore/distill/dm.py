@@ -11,6 +11,7 @@ equations in their functions, which work on embeddings so that ddcore.toy can ca
 - 'double_layer' (double_layer_loss): each synthetic image answers for its own Voronoi cell of
   real images; CVaR within each cell, mean + max_weight x max across cells, plus plain DM.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,9 +20,9 @@ import torch
 
 from ..accel import AccelConfig, amp_enabled, autocast
 from ..augment import apply_dsa, dsa_for, sample_dsa
-from ..fastpath import embed
 from ..checks import check_choice, check_float, check_int
 from ..cluster import voronoi_cells
+from ..fastpath import embed
 from ..models import ModelConfig
 from ..robust import RobustConfig, Subpopulations, cluster_cvars, cvar
 from . import register_method
@@ -30,11 +31,11 @@ from .common import INITS, Run, class_indices, fresh_net, init_synthetic, make_s
 
 @dataclass
 class DMConfig:
-    iterations: int = 1000    # the reference runs 20,000; 1,000 is near its plateau on MNIST
-    lr_img: float = 1.0       # SGD on the pixels, as the reference
+    iterations: int = 1000  # the reference runs 20,000; 1,000 is near its plateau on MNIST
+    lr_img: float = 1.0  # SGD on the pixels, as the reference
     momentum: float = 0.5
-    batch_real: int = 256     # real images per class per iteration
-    init: str = "real"        # real | noise
+    batch_real: int = 256  # real images per class per iteration
+    init: str = "real"  # real | noise
     dsa: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     robust: RobustConfig | None = None  # our extension: robust.dm_objective, see the module docstring
@@ -81,8 +82,9 @@ def mean_matching_loss(feat_real, groups_real, feat_syn, groups_syn, num_classes
     return ((mean_real - mean_syn) ** 2).sum()
 
 
-def cluster_means_loss(feat_real, groups_real, cluster_ids, feat_syn, groups_syn, num_classes,
-                       alpha: float) -> torch.Tensor:
+def cluster_means_loss(
+    feat_real, groups_real, cluster_ids, feat_syn, groups_syn, num_classes, alpha: float
+) -> torch.Tensor:
     """The cluster-means robust objective: L = sum_c CVaR_alpha over k in K_c of ||m_c - mu_k||^2.
 
     K_c: the clusters (cluster_ids, unique across classes) of class c present in the batch; mu_k:
@@ -96,17 +98,16 @@ def cluster_means_loss(feat_real, groups_real, cluster_ids, feat_syn, groups_syn
     groups_real = groups_real.to(feat_real.device)
     ids = cluster_ids.to(feat_real.device)
     num_clusters = int(ids.max()) + 1
-    mean_cluster = class_means(feat_real, ids, num_clusters)                   # (K, D)
+    mean_cluster = class_means(feat_real, ids, num_clusters)  # (K, D)
     cluster_class = torch.zeros(num_clusters, dtype=torch.long, device=ids.device).scatter_(0, ids, groups_real)
     present = torch.bincount(ids, minlength=num_clusters) > 0
-    mean_syn = class_means(feat_syn, groups_syn, num_classes)                  # (C, D)
-    dist = ((mean_cluster - mean_syn[cluster_class]) ** 2).sum(1)             # (K,)
+    mean_syn = class_means(feat_syn, groups_syn, num_classes)  # (C, D)
+    dist = ((mean_cluster - mean_syn[cluster_class]) ** 2).sum(1)  # (K,)
     losses = [cvar(dist[present & (cluster_class == c)], alpha) for c in groups_real.unique().tolist()]
     return torch.stack(losses).sum()
 
 
-def double_layer_loss(feat_real, groups_real, feat_syn, groups_syn, alpha: float,
-                      max_weight: float) -> torch.Tensor:
+def double_layer_loss(feat_real, groups_real, feat_syn, groups_syn, alpha: float, max_weight: float) -> torch.Tensor:
     """The double-layer robust risk over synthetic images' Voronoi cells (no plain DM term):
 
     L = sum_c [ mean_{j in J_c} CVaR_j + max_weight * max_{j in J_c} CVaR_j ],
@@ -119,16 +120,17 @@ def double_layer_loss(feat_real, groups_real, feat_syn, groups_syn, alpha: float
     """
     groups_real = groups_real.to(feat_real.device)
     groups_syn = groups_syn.to(feat_real.device)
-    cells = voronoi_cells(feat_real, groups_real, feat_syn.detach(), groups_syn)   # (N,) into the syn set
-    dist = ((feat_real - feat_syn[cells]) ** 2).sum(1)                             # (N,)
-    cvars, present = cluster_cvars(dist, cells, alpha)                             # (K,), K <= len(feat_syn)
-    cell_class = groups_syn[:len(cvars)]
+    cells = voronoi_cells(feat_real, groups_real, feat_syn.detach(), groups_syn)  # (N,) into the syn set
+    dist = ((feat_real - feat_syn[cells]) ** 2).sum(1)  # (N,)
+    cvars, present = cluster_cvars(dist, cells, alpha)  # (K,), K <= len(feat_syn)
+    cell_class = groups_syn[: len(cvars)]
     num_classes = int(groups_syn.max()) + 1
     count = dist.new_zeros(num_classes).index_add(0, cell_class, present.to(dist.dtype))
     mean = dist.new_zeros(num_classes).index_add(0, cell_class, cvars * present) / count.clamp(min=1)
     worst = dist.new_full((num_classes,), float("-inf")).scatter_reduce(
-        0, cell_class, cvars.masked_fill(~present, float("-inf")), "amax")
-    has = count > 0                                                                # classes with real points
+        0, cell_class, cvars.masked_fill(~present, float("-inf")), "amax"
+    )
+    has = count > 0  # classes with real points
     return (mean[has] + max_weight * worst[has]).sum()
 
 
@@ -139,15 +141,26 @@ def _embed_pair(net, images_real, groups_real, images_syn, groups_syn, draw, acc
     return feat_real, embed_features(net, apply_dsa(images_syn, draw, groups_syn), accel)
 
 
-def dm_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-            accel: AccelConfig | None = None) -> torch.Tensor:
+def dm_loss(
+    net, images_real, groups_real, images_syn, groups_syn, num_classes, draw, accel: AccelConfig | None = None
+) -> torch.Tensor:
     """Sum over classes of the squared distance between real and synthetic mean embeddings."""
     feat_real, feat_syn = _embed_pair(net, images_real, groups_real, images_syn, groups_syn, draw, accel)
     return mean_matching_loss(feat_real, groups_real, feat_syn, groups_syn, num_classes)
 
 
-def dm_robust_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-                   robust: RobustConfig, cluster_fn, accel: AccelConfig | None = None) -> torch.Tensor:
+def dm_robust_loss(
+    net,
+    images_real,
+    groups_real,
+    images_syn,
+    groups_syn,
+    num_classes,
+    draw,
+    robust: RobustConfig,
+    cluster_fn,
+    accel: AccelConfig | None = None,
+) -> torch.Tensor:
     """dm_objective='cluster_means': cluster_means_loss of the images' embeddings,
     L = sum_c CVaR_alpha over k in K_c of ||m_c - mu_k||^2.
 
@@ -159,8 +172,17 @@ def dm_robust_loss(net, images_real, groups_real, images_syn, groups_syn, num_cl
     return cluster_means_loss(feat_real, groups_real, ids, feat_syn, groups_syn, num_classes, robust.alpha)
 
 
-def dm_double_layer_loss(net, images_real, groups_real, images_syn, groups_syn, num_classes, draw,
-                         robust: RobustConfig, accel: AccelConfig | None = None) -> torch.Tensor:
+def dm_double_layer_loss(
+    net,
+    images_real,
+    groups_real,
+    images_syn,
+    groups_syn,
+    num_classes,
+    draw,
+    robust: RobustConfig,
+    accel: AccelConfig | None = None,
+) -> torch.Tensor:
     """dm_objective='double_layer': plain DM plus the cell risk of double_layer_loss,
     L = sum_c ||mu_c - m_c||^2 + robust_weight * sum_c [mean_j CVaR_j + max_weight * max_j CVaR_j].
 
@@ -187,18 +209,30 @@ def distribution_matching(run: Run, cfg: DMConfig):
         images_real, groups_real = sample_real(run, per_class, cfg.batch_real, gen)
         draw = sample_dsa(dsa, run.num_classes, run.dataset.im_size, gen) if dsa else None
         if cfg.robust is None:
-            loss = dm_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes, draw,
-                           run.accel)
+            loss = dm_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes, draw, run.accel)
         elif cfg.robust.dm_objective == "double_layer":
-            loss = dm_double_layer_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes,
-                                        draw, cfg.robust, run.accel)
+            loss = dm_double_layer_loss(
+                net, images_real, groups_real, images_syn, labels_syn, run.num_classes, draw, cfg.robust, run.accel
+            )
         else:
+
             def cluster_fn(feat_real, feat_syn):
                 if cfg.robust.clustering == "synthetic":  # the nearest synthetic image of the class
                     return voronoi_cells(feat_real, groups_real, feat_syn, labels_syn)
                 return subpops(it, net, images_real, groups_real.to(run.device))
-            loss = dm_robust_loss(net, images_real, groups_real, images_syn, labels_syn, run.num_classes,
-                                  draw, cfg.robust, cluster_fn, run.accel)
+
+            loss = dm_robust_loss(
+                net,
+                images_real,
+                groups_real,
+                images_syn,
+                labels_syn,
+                run.num_classes,
+                draw,
+                cfg.robust,
+                cluster_fn,
+                run.accel,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

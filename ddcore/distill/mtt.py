@@ -9,6 +9,7 @@ size. D3 uses the same loss on decoded images (`trajectory_matching_loss`).
 Memory grows with syn_steps x the synthetic batch (every step's graph is kept); `batch_syn`
 bounds it by using a random mini-batch of the synthetic images per step, as the reference does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,12 +30,12 @@ from .common import INITS, Run, init_synthetic, make_set, optimize
 @dataclass
 class MTTConfig:
     iterations: int = 1000
-    syn_steps: int = 10          # student steps on synthetic data per iteration (D3: 10; MTT: 10-80)
-    expert_epochs: int = 2       # M: how far ahead of the start the target lies
-    max_start_epoch: int = 10    # start epochs are drawn from 0..max_start_epoch
-    lr_img: float = 100.0        # SGD on pixels, momentum 0.5 (MTT uses 100-1000 without ZCA)
-    lr_lr: float = 1e-5          # SGD on the learnable student step size
-    lr_init: float = 0.01        # initial student step size (the experts' lr)
+    syn_steps: int = 10  # student steps on synthetic data per iteration (D3: 10; MTT: 10-80)
+    expert_epochs: int = 2  # M: how far ahead of the start the target lies
+    max_start_epoch: int = 10  # start epochs are drawn from 0..max_start_epoch
+    lr_img: float = 100.0  # SGD on pixels, momentum 0.5 (MTT uses 100-1000 without ZCA)
+    lr_lr: float = 1e-5  # SGD on the learnable student step size
+    lr_init: float = 0.01  # initial student step size (the experts' lr)
     batch_syn: int | None = None  # synthetic images per student step; None: all (bounds memory)
     init: str = "real"
     dsa: bool = True
@@ -47,8 +48,10 @@ class MTTConfig:
         check_int("expert_epochs", self.expert_epochs, low=1)
         check_int("max_start_epoch", self.max_start_epoch, low=0)
         if self.max_start_epoch + self.expert_epochs > self.experts.epochs:
-            raise ValueError(f"max_start_epoch + expert_epochs = {self.max_start_epoch + self.expert_epochs} "
-                             f"must be <= experts.epochs = {self.experts.epochs}")
+            raise ValueError(
+                f"max_start_epoch + expert_epochs = {self.max_start_epoch + self.expert_epochs} "
+                f"must be <= experts.epochs = {self.experts.epochs}"
+            )
         check_float("lr_img", self.lr_img, low=0.0, low_open=True)
         check_float("lr_init", self.lr_init, low=0.0, low_open=True)
         if self.batch_syn is not None:
@@ -65,13 +68,27 @@ def cache_root(run: Run, experts_dir: str | None) -> str | Path | None:
 def experts_for(run: Run, cfg: ExpertConfig, experts_dir: str | None) -> list[torch.Tensor]:
     """The run's expert trajectories: from experts_dir, else the checkpoint's folder, else memory."""
     root = cache_root(run, experts_dir)
-    return load_or_train_experts(run.dataset, cfg, seed=run.seed, device=run.device,
-                                 root=Path(root) if root is not None else None, progress=run.progress)
+    return load_or_train_experts(
+        run.dataset,
+        cfg,
+        seed=run.seed,
+        device=run.device,
+        root=Path(root) if root is not None else None,
+        progress=run.progress,
+    )
 
 
-def trajectory_matching_loss(net, trajectories: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
-                             syn_lr: torch.Tensor, cfg, dsa: DSAConfig | None,
-                             generator: torch.Generator, accel: AccelConfig | None = None) -> torch.Tensor:
+def trajectory_matching_loss(
+    net,
+    trajectories: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    syn_lr: torch.Tensor,
+    cfg,
+    dsa: DSAConfig | None,
+    generator: torch.Generator,
+    accel: AccelConfig | None = None,
+) -> torch.Tensor:
     """The normalised parameter distance after syn_steps student steps on (images, labels).
 
     cfg supplies syn_steps, expert_epochs, max_start_epoch and batch_syn; labels are class ids
@@ -93,15 +110,16 @@ def trajectory_matching_loss(net, trajectories: list[torch.Tensor], images: torc
         with autocast(images.device, accel):
             logits = forward_with(net, theta, x)
         loss = F.cross_entropy(logits.float(), labels[idx])  # fp32 loss; a no-op without autocast
-        grad, = torch.autograd.grad(loss, theta, create_graph=True)
+        (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
         theta = theta - syn_lr * grad
     return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
 
 
 def student_network(run: Run, cfg: ExpertConfig, num_classes: int | None = None):
     """The architecture the experts were trained with; its own weights are never used."""
-    return build_model(cfg.model, run.dataset.channels, num_classes or run.num_classes,
-                       run.dataset.im_size).to(run.device)
+    return build_model(cfg.model, run.dataset.channels, num_classes or run.num_classes, run.dataset.im_size).to(
+        run.device
+    )
 
 
 @register_method("mtt", MTTConfig)
@@ -118,8 +136,7 @@ def matching_training_trajectories(run: Run, cfg: MTTConfig):
     dsa = dsa_for(run.dataset.name) if cfg.dsa else None
 
     def step(it: int) -> float:
-        loss = trajectory_matching_loss(net, trajectories, images_syn, labels_syn, syn_lr, cfg, dsa, gen,
-                                        run.accel)
+        loss = trajectory_matching_loss(net, trajectories, images_syn, labels_syn, syn_lr, cfg, dsa, gen, run.accel)
         opt_img.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,8 +146,16 @@ def matching_training_trajectories(run: Run, cfg: MTTConfig):
             syn_lr.clamp_(min=1e-6)  # a negative step size would ascend the loss
         return loss.item()
 
-    losses = optimize(run, "mtt", cfg, cfg.iterations, step, {"images_syn": images_syn, "syn_lr": syn_lr},
-                      {"img": opt_img, "lr": opt_lr}, gen)
+    losses = optimize(
+        run,
+        "mtt",
+        cfg,
+        cfg.iterations,
+        step,
+        {"images_syn": images_syn, "syn_lr": syn_lr},
+        {"img": opt_img, "lr": opt_lr},
+        gen,
+    )
     syn = make_set(run, "mtt", cfg, images_syn, labels_syn, losses)
     syn.meta["syn_lr"] = float(syn_lr.detach())
     return syn

@@ -5,6 +5,7 @@ class; D3 at budget B keeps B priors per class, their soft labels and the widest
 still fits (`decoder_for_budget`), so no method gets more storage than another. With
 `hard_labels=True` the same D3 set is also evaluated with its priors' classes as labels ('d3+hard').
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,9 +18,9 @@ from ..checks import check_int, check_writable_dir
 from ..data import Dataset
 from ..decoder import Decoder, DecoderConfig, num_parameters
 from ..evaluate import EvalConfig
-from .experiment import distill_cached, evaluate_cached
 from ..labels import LabellerConfig, train_labeller, with_hard_labels, with_soft_labels
 from ..storage import storage
+from .experiment import distill_cached, evaluate_cached
 
 
 def decoder_size(dataset: Dataset, decoder: DecoderConfig) -> int:
@@ -33,8 +34,9 @@ def d3_values(dataset: Dataset, lpc: int, decoder: DecoderConfig) -> int:
     return priors + decoder_size(dataset, decoder)
 
 
-def decoder_for_budget(budget: int, dataset: Dataset, lpc: int, latent_dim: int,
-                       max_width: int = 256) -> DecoderConfig | None:
+def decoder_for_budget(
+    budget: int, dataset: Dataset, lpc: int, latent_dim: int, max_width: int = 256
+) -> DecoderConfig | None:
     """The widest decoder with which D3 fits in `budget` IPC-equivalents; None if none fits."""
     check_int("budget", budget, low=1)
     limit = budget * dataset.num_classes * dataset.images_train[0].numel()
@@ -47,9 +49,19 @@ def decoder_for_budget(budget: int, dataset: Dataset, lpc: int, latent_dim: int,
     return best
 
 
-def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict], d3_options: dict,
-                 eval_cfg: EvalConfig, labeller: LabellerConfig, seed: int = 0, device=None,
-                 cache_dir=None, progress: bool = False, hard_labels: bool = False) -> tuple[pd.DataFrame, dict]:
+def storage_grid(
+    dataset: Dataset,
+    budgets: list[int],
+    methods: dict[str, dict],
+    d3_options: dict,
+    eval_cfg: EvalConfig,
+    labeller: LabellerConfig,
+    seed: int = 0,
+    device=None,
+    cache_dir=None,
+    progress: bool = False,
+    hard_labels: bool = False,
+) -> tuple[pd.DataFrame, dict]:
     """Distil and evaluate every method at every budget; one row per trained student.
 
     methods: image methods and their options (e.g. {'random': {}, 'dm': {...}, 'mtt': {...}});
@@ -69,8 +81,10 @@ def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict],
     label_net = train_labeller(dataset, labeller, seed=seed, device=device, root=root)
     frames, sets = [], {}
     for budget in budgets:
-        cells = {name: distill_cached(name, dataset, budget, seed, opts, device, cache_dir, progress)
-                 for name, opts in methods.items()}
+        cells = {
+            name: distill_cached(name, dataset, budget, seed, opts, device, cache_dir, progress)
+            for name, opts in methods.items()
+        }
         if "random" in cells:
             cells["random+soft"] = with_soft_labels(cells["random"], label_net)
         decoder = decoder_for_budget(budget, dataset, budget, latent_dim)
@@ -84,18 +98,32 @@ def storage_grid(dataset: Dataset, budgets: list[int], methods: dict[str, dict],
         for name, syn in cells.items():
             rows = evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress)
             s = storage(syn)
-            rows = rows.assign(method=name, budget=budget, ipc_equivalent=s["ipc_equivalent"], bytes=s["bytes"],
-                               decoder_width=decoder.width if name.startswith("d3") else None,
-                               label_mismatch=syn.meta.get("label_mismatch"),
-                               note="" if decoder is not None else "no decoder fits this budget")
+            rows = rows.assign(
+                method=name,
+                budget=budget,
+                ipc_equivalent=s["ipc_equivalent"],
+                bytes=s["bytes"],
+                decoder_width=decoder.width if name.startswith("d3") else None,
+                label_mismatch=syn.meta.get("label_mismatch"),
+                note="" if decoder is not None else "no decoder fits this budget",
+            )
             frames.append(rows)
             sets[(name, budget)] = syn
     return pd.concat(frames, ignore_index=True), sets
 
 
-def d3_sweep(dataset: Dataset, budget: int, values: dict[str, list[int]], d3_options: dict,
-             eval_cfg: EvalConfig, labeller: LabellerConfig, seed: int = 0, device=None, cache_dir=None,
-             progress: bool = False) -> pd.DataFrame:
+def d3_sweep(
+    dataset: Dataset,
+    budget: int,
+    values: dict[str, list[int]],
+    d3_options: dict,
+    eval_cfg: EvalConfig,
+    labeller: LabellerConfig,
+    seed: int = 0,
+    device=None,
+    cache_dir=None,
+    progress: bool = False,
+) -> pd.DataFrame:
     """D3 at one decoder size with lpc or latent_dim varied one at a time (values: name -> list).
 
     The decoder is the one `decoder_for_budget` picks for (budget, default lpc = budget,
@@ -114,12 +142,10 @@ def d3_sweep(dataset: Dataset, budget: int, values: dict[str, list[int]], d3_opt
             raise ValueError(f"sweep over lpc or latent_dim, got {name!r}")
         for value in choices:
             decoder = replace(base, latent_dim=value) if name == "latent_dim" else base
-            opts = {**d3_options, "decoder": decoder, "labeller": labeller,
-                    "lpc": value if name == "lpc" else budget}
+            opts = {**d3_options, "decoder": decoder, "labeller": labeller, "lpc": value if name == "lpc" else budget}
             if root is not None and "experts_dir" not in opts:
                 opts["experts_dir"] = root
-            syn = distill_cached("d3", dataset, budget, seed, opts, device, cache_dir, progress,
-                                 tag=f"_{name}{value}")
+            syn = distill_cached("d3", dataset, budget, seed, opts, device, cache_dir, progress, tag=f"_{name}{value}")
             rows = evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress)
             frames.append(rows.assign(swept=name, value=value, ipc_equivalent=storage(syn)["ipc_equivalent"]))
     return pd.concat(frames, ignore_index=True)
@@ -132,11 +158,18 @@ def decoded_grid_images(syn, dataset: Dataset, samples: int = 4, seed: int = 0) 
     decoder's batch norm uses the batch's statistics); the first prior of each class is shown.
     """
     from ..decoder import decode_with_means, load_decoder
+
     decoder = load_decoder(syn, dataset.channels, dataset.im_size)
     lpc = syn.meta["lpc"]
     with torch.no_grad():
-        means, draws = decode_with_means(decoder, syn.extras["mu"], syn.extras["logvar"], samples,
-                                         dataset.normalize, torch.Generator().manual_seed(seed))
+        means, draws = decode_with_means(
+            decoder,
+            syn.extras["mu"],
+            syn.extras["logvar"],
+            samples,
+            dataset.normalize,
+            torch.Generator().manual_seed(seed),
+        )
     first = torch.arange(dataset.num_classes) * lpc
     draws = draws.view(len(means), samples, *means.shape[1:])[first]
     images = torch.cat([means[first][:, None], draws], 1)

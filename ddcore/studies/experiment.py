@@ -4,6 +4,7 @@ Each cell's synthetic set and evaluation rows are written to `cache_dir` as they
 long run that stops can be started again and skips the finished cells (and resumes a
 half-finished distillation from its checkpoint).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,17 @@ def cell_name(dataset: Dataset, method: str, ipc: int, seed: int, tag: str = "")
     return f"{dataset.name}_{method}{tag}_ipc{ipc}_seed{seed}"
 
 
-def distill_cached(method: str, dataset: Dataset, ipc: int, seed: int, options: dict, device,
-                   cache_dir: Path | None, progress: bool, tag: str = "") -> SyntheticSet:
+def distill_cached(
+    method: str,
+    dataset: Dataset,
+    ipc: int,
+    seed: int,
+    options: dict,
+    device,
+    cache_dir: Path | None,
+    progress: bool,
+    tag: str = "",
+) -> SyntheticSet:
     """distill(), or load the set a previous call with the same parameters saved."""
     if cache_dir is None:
         return distill(method, dataset, ipc, seed=seed, device=device, progress=progress, **options)
@@ -41,8 +51,17 @@ def distill_cached(method: str, dataset: Dataset, ipc: int, seed: int, options: 
         if syn.meta.get("config_repr") == config:
             return syn
     start = time.perf_counter()
-    syn = distill(method, dataset, ipc, seed=seed, device=device, progress=progress,
-                  checkpoint=stem.with_suffix(".ckpt"), resume=True, **options)
+    syn = distill(
+        method,
+        dataset,
+        ipc,
+        seed=seed,
+        device=device,
+        progress=progress,
+        checkpoint=stem.with_suffix(".ckpt"),
+        resume=True,
+        **options,
+    )
     syn.meta["seconds"] = time.perf_counter() - start
     syn.meta["config_repr"] = config
     syn.save(path)
@@ -50,9 +69,16 @@ def distill_cached(method: str, dataset: Dataset, ipc: int, seed: int, options: 
     return syn
 
 
-def run_grid(dataset: Dataset, methods: dict[str, dict], ipcs: list[int], eval_cfg: EvalConfig,
-             seed: int = 0, device=None, cache_dir: str | Path | None = None,
-             progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def run_grid(
+    dataset: Dataset,
+    methods: dict[str, dict],
+    ipcs: list[int],
+    eval_cfg: EvalConfig,
+    seed: int = 0,
+    device=None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
     """Distill and evaluate every (method, ipc); methods map names to their options.
 
     Returns the evaluation rows (with distillation seconds) and the synthetic sets by (method, ipc).

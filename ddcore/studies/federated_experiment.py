@@ -6,6 +6,7 @@ the aggregated set and the accuracy on each subtask's classes, and the speed-up 
 over one. Numbers in, tables and sentences out: nothing here trains or launches except
 `subtask_runs` (torchrun) and `evaluate_runs` (students).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,16 @@ def run_plan(subtasks: list[int], nproc: int, speedup_subtasks: int | None) -> l
     return plan
 
 
-def subtask_runs(options: dict, subtasks: list[int], nproc: int, root: str | os.PathLike,
-                 speedup_subtasks: int | None = None, threads: int = 1, fresh: bool = True,
-                 timeout_s: float | None = None) -> dict[tuple[int, int], dict]:
+def subtask_runs(
+    options: dict,
+    subtasks: list[int],
+    nproc: int,
+    root: str | os.PathLike,
+    speedup_subtasks: int | None = None,
+    threads: int = 1,
+    fresh: bool = True,
+    timeout_s: float | None = None,
+) -> dict[tuple[int, int], dict]:
     """launch_torchrun for every run of run_plan; {(S, N): its federated.json record}.
 
     `options` are the command-line options of every run except `subtasks` (see
@@ -58,9 +66,12 @@ def subtask_runs(options: dict, subtasks: list[int], nproc: int, root: str | os.
     """
     if "subtasks" in options:
         raise ValueError("options must not set 'subtasks'; give the counts as `subtasks`")
-    return {(s, n): launch_torchrun({**options, "subtasks": s}, n, run_dir(root, s, n), threads=threads,
-                                    fresh=fresh, timeout_s=timeout_s)
-            for s, n in run_plan(subtasks, nproc, speedup_subtasks)}
+    return {
+        (s, n): launch_torchrun(
+            {**options, "subtasks": s}, n, run_dir(root, s, n), threads=threads, fresh=fresh, timeout_s=timeout_s
+        )
+        for s, n in run_plan(subtasks, nproc, speedup_subtasks)
+    }
 
 
 def load_sets(root: str | os.PathLike, records: dict) -> dict[tuple[int, int], SyntheticSet]:
@@ -68,8 +79,9 @@ def load_sets(root: str | os.PathLike, records: dict) -> dict[tuple[int, int], S
     return {key: SyntheticSet.load(run_dir(root, *key) / AGGREGATED) for key in records}
 
 
-def evaluate_runs(sets: dict, dataset: Dataset, cfg: EvalConfig, seed: int = 0, device=None,
-                  progress: bool = False) -> pd.DataFrame:
+def evaluate_runs(
+    sets: dict, dataset: Dataset, cfg: EvalConfig, seed: int = 0, device=None, progress: bool = False
+) -> pd.DataFrame:
     """Students on the aggregated set of each S (one run per S: the set does not depend on the
     number of workers); one row per student with `subtasks` and `group_<i>`, the accuracy on
     the test images of subtask i's classes."""
@@ -77,8 +89,7 @@ def evaluate_runs(sets: dict, dataset: Dataset, cfg: EvalConfig, seed: int = 0, 
     for s in sorted({s for s, _ in sets}):
         syn = sets[min(key for key in sets if key[0] == s)]
         groups = subtask_ids(dataset.labels_test, syn.meta["groups"])
-        rows = evaluate_synthetic(syn, dataset, cfg, seed=seed, device=device, test_groups=groups,
-                                  progress=progress)
+        rows = evaluate_synthetic(syn, dataset, cfg, seed=seed, device=device, test_groups=groups, progress=progress)
         frames.append(rows.assign(subtasks=s))
     return pd.concat(frames, ignore_index=True)
 
@@ -110,25 +121,33 @@ def cost_table(records: dict, sets: dict) -> pd.DataFrame:
         syn = sets[(s, n)]
         cost = storage(syn)
         per_ipc = cost["ipc_equivalent"] / cost["values"] if cost["values"] else 0.0
-        rows.append({
-            "subtasks": s, "workers": n, "wall_s": rec.get("launch_seconds", math.nan),
-            "run_s": rec["wall_seconds"], "startup_s": rec.get("launch_seconds", math.nan) - rec["wall_seconds"],
-            "work_s": sum(t["seconds"] for t in rec["subtasks"]),
-            "slowest_subtask_s": max(t["seconds"] for t in rec["subtasks"]),
-            "peak_rss_mib": max(w["peak_rss_mib"] for w in rec["workers"]),
-            "least_rss_mib": min(w["peak_rss_mib"] for w in rec["workers"]),
-            "reused": any(t["loaded"] for t in rec["subtasks"]),
-            "load_average": rec.get("load_average", math.nan),
-            "bytes": cost["bytes"], "ipc_equivalent": cost["ipc_equivalent"],
-            **{f"ipc_{p}": cost[f"{p}_values"] * per_ipc for p in STORAGE_PARTS}})
+        rows.append(
+            {
+                "subtasks": s,
+                "workers": n,
+                "wall_s": rec.get("launch_seconds", math.nan),
+                "run_s": rec["wall_seconds"],
+                "startup_s": rec.get("launch_seconds", math.nan) - rec["wall_seconds"],
+                "work_s": sum(t["seconds"] for t in rec["subtasks"]),
+                "slowest_subtask_s": max(t["seconds"] for t in rec["subtasks"]),
+                "peak_rss_mib": max(w["peak_rss_mib"] for w in rec["workers"]),
+                "least_rss_mib": min(w["peak_rss_mib"] for w in rec["workers"]),
+                "reused": any(t["loaded"] for t in rec["subtasks"]),
+                "load_average": rec.get("load_average", math.nan),
+                "bytes": cost["bytes"],
+                "ipc_equivalent": cost["ipc_equivalent"],
+                **{f"ipc_{p}": cost[f"{p}_values"] * per_ipc for p in STORAGE_PARTS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     """Accuracy of the aggregated set per S, mean and sd over students, in percent."""
     grouped = results.groupby("subtasks")["accuracy"]
-    out = pd.DataFrame({"accuracy_mean": grouped.mean() * 100, "accuracy_std": grouped.std(ddof=0) * 100,
-                        "nets": grouped.size()}).reset_index()
+    out = pd.DataFrame(
+        {"accuracy_mean": grouped.mean() * 100, "accuracy_std": grouped.std(ddof=0) * 100, "nets": grouped.size()}
+    ).reset_index()
     out["accuracy (%)"] = out.accuracy_mean.map("{:.1f}".format) + " +- " + out.accuracy_std.map("{:.1f}".format)
     return out
 
@@ -141,8 +160,15 @@ def subtask_accuracy(results: pd.DataFrame, sets: dict) -> pd.DataFrame:
         groups = sets[min(key for key in sets if key[0] == s)].meta["groups"]
         for i, classes in enumerate(groups):
             acc = frame[f"group_{i}"] * 100
-            rows.append({"subtasks": s, "subtask": i, "classes": _class_range(classes),
-                         "accuracy_mean": acc.mean(), "accuracy_std": acc.std(ddof=0)})
+            rows.append(
+                {
+                    "subtasks": s,
+                    "subtask": i,
+                    "classes": _class_range(classes),
+                    "accuracy_mean": acc.mean(),
+                    "accuracy_std": acc.std(ddof=0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -166,10 +192,19 @@ def speedup(table: pd.DataFrame, subtasks: int, nproc: int, cores: int | None = 
         if (subtasks, n) not in rows.index:
             raise ValueError(f"no run with {subtasks} subtasks on {n} worker(s) in the table")
     one, many = rows.loc[(subtasks, 1)], rows.loc[(subtasks, nproc)]
-    return {"subtasks": subtasks, "workers": nproc, "cores": cores,
-            "wall_s_1": float(one.wall_s), "wall_s_n": float(many.wall_s), "speedup": float(one.wall_s / many.wall_s),
-            "run_s_1": float(one.run_s), "run_s_n": float(many.run_s), "run_speedup": float(one.run_s / many.run_s),
-            "ideal": min(nproc, subtasks, cores), "reused": bool(one.reused or many.reused)}
+    return {
+        "subtasks": subtasks,
+        "workers": nproc,
+        "cores": cores,
+        "wall_s_1": float(one.wall_s),
+        "wall_s_n": float(many.wall_s),
+        "speedup": float(one.wall_s / many.wall_s),
+        "run_s_1": float(one.run_s),
+        "run_s_n": float(many.run_s),
+        "run_speedup": float(one.run_s / many.run_s),
+        "ideal": min(nproc, subtasks, cores),
+        "reused": bool(one.reused or many.reused),
+    }
 
 
 # --- Conclusions, computed from the tables ---
@@ -180,8 +215,9 @@ def conclusion_text(table: pd.DataFrame, accuracy: pd.DataFrame, speed: dict | N
     if speed is not None:
         lines.append(_speedup_line(speed))
     if table.reused.any():
-        lines.append("Some runs reused subtasks of an earlier run (fresh=False): their times measure loading, "
-                     "not distillation.")
+        lines.append(
+            "Some runs reused subtasks of an earlier run (fresh=False): their times measure loading, not distillation."
+        )
     return "\n".join(lines)
 
 
@@ -191,24 +227,35 @@ def _series(frame: pd.DataFrame, column: str, fmt: str) -> str:
 
 def _time_line(main: pd.DataFrame) -> str:
     n = int(main.workers.iloc[0])
-    return (f"Wall time on {n} worker(s), end to end: {_series(main, 'wall_s', '{:.1f} s')}; of which start-up "
-            f"(processes, imports): {_series(main, 'startup_s', '{:.1f} s')}. The machine's load average as each "
-            f"run ended: {_series(main, 'load_average', '{:.1f}')}.")
+    return (
+        f"Wall time on {n} worker(s), end to end: {_series(main, 'wall_s', '{:.1f} s')}; of which start-up "
+        f"(processes, imports): {_series(main, 'startup_s', '{:.1f} s')}. The machine's load average as each "
+        f"run ended: {_series(main, 'load_average', '{:.1f}')}."
+    )
 
 
 def _memory_line(main: pd.DataFrame) -> str:
     change = main.peak_rss_mib.iloc[-1] - main.peak_rss_mib.iloc[0]
-    return (f"Peak memory of the busiest worker: {_series(main, 'peak_rss_mib', '{:.0f} MiB')} "
-            f"({change:+.0f} MiB from S={main.subtasks.iloc[0]} to S={main.subtasks.iloc[-1]}); "
-            f"the least busy worker peaked at {main.least_rss_mib.min():.0f} MiB.")
+    return (
+        f"Peak memory of the busiest worker: {_series(main, 'peak_rss_mib', '{:.0f} MiB')} "
+        f"({change:+.0f} MiB from S={main.subtasks.iloc[0]} to S={main.subtasks.iloc[-1]}); "
+        f"the least busy worker peaked at {main.least_rss_mib.min():.0f} MiB."
+    )
 
 
 def _storage_line(main: pd.DataFrame) -> str:
     ipc = main.ipc_equivalent.tolist()
-    trend = ("grows with S" if all(b > a for a, b in zip(ipc, ipc[1:])) else
-             "shrinks with S" if all(b < a for a, b in zip(ipc, ipc[1:])) else "does not change monotonically with S")
-    return (f"Storage {trend}: {_series(main, 'ipc_equivalent', '{:.2f}')} IPC-equivalents "
-            f"({_series(main, 'bytes', '{:,} bytes')}); the decoders' share: {_series(main, 'ipc_decoder', '{:.2f}')}.")
+    trend = (
+        "grows with S"
+        if all(b > a for a, b in zip(ipc, ipc[1:]))
+        else "shrinks with S"
+        if all(b < a for a, b in zip(ipc, ipc[1:]))
+        else "does not change monotonically with S"
+    )
+    return (
+        f"Storage {trend}: {_series(main, 'ipc_equivalent', '{:.2f}')} IPC-equivalents "
+        f"({_series(main, 'bytes', '{:,} bytes')}); the decoders' share: {_series(main, 'ipc_decoder', '{:.2f}')}."
+    )
 
 
 def _accuracy_line(acc: pd.DataFrame) -> str:
@@ -218,17 +265,23 @@ def _accuracy_line(acc: pd.DataFrame) -> str:
     diff, noise = c.diff, c.noise
     verdict = "within" if c.word == "within noise" else "larger than"  # ddcore.verdicts' rule
     each = ", ".join(f"S={s}: {a}" for s, a in zip(acc.subtasks, acc["accuracy (%)"]))
-    return (f"Accuracy of the aggregated set: {each}; S={last.subtasks} minus S={first.subtasks}: {diff:+.1f} "
-            f"points, {verdict} the students' spread ({noise:.1f}).")
+    return (
+        f"Accuracy of the aggregated set: {each}; S={last.subtasks} minus S={first.subtasks}: {diff:+.1f} "
+        f"points, {verdict} the students' spread ({noise:.1f})."
+    )
 
 
 def _speedup_line(speed: dict) -> str:
     share = speed["run_speedup"] / speed["ideal"]
-    line = (f"Speed-up of {speed['workers']} workers over 1 at S={speed['subtasks']}: {speed['speedup']:.2f}x "
-            f"end to end ({speed['wall_s_1']:.1f} s -> {speed['wall_s_n']:.1f} s), {speed['run_speedup']:.2f}x "
-            f"inside the run ({speed['run_s_1']:.1f} s -> {speed['run_s_n']:.1f} s); at best {speed['ideal']}x "
-            f"with {speed['cores']} cores, one thread per worker ({share:.0%} of it inside the run).")
+    line = (
+        f"Speed-up of {speed['workers']} workers over 1 at S={speed['subtasks']}: {speed['speedup']:.2f}x "
+        f"end to end ({speed['wall_s_1']:.1f} s -> {speed['wall_s_n']:.1f} s), {speed['run_speedup']:.2f}x "
+        f"inside the run ({speed['run_s_1']:.1f} s -> {speed['run_s_n']:.1f} s); at best {speed['ideal']}x "
+        f"with {speed['cores']} cores, one thread per worker ({share:.0%} of it inside the run)."
+    )
     if max(speed["speedup"], speed["run_speedup"]) > 1.05 * speed["ideal"]:
-        line += (" That is more than the cores allow: the two runs met different loads on a shared machine, so "
-                 "this ratio measures the load more than the code.")
+        line += (
+            " That is more than the cores allow: the two runs met different loads on a shared machine, so "
+            "this ratio measures the load more than the code."
+        )
     return line

@@ -3,6 +3,7 @@ time, peak memory), accuracy and storage against S, and the accuracy on each sub
 
 Each function takes the tables of `ddcore.studies.federated_experiment` and returns a matplotlib Figure.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -31,8 +32,9 @@ def _at(subtasks: pd.Series, every, shift: float = 0.0) -> list[float]:
 def _label_points(ax, xs, ys, fmt: str, color, at=None) -> None:
     """Each value written above its point (`at`: other heights to write it at)."""
     for x, y, h in zip(xs, ys, ys if at is None else at):
-        ax.annotate(fmt.format(y), (x, h), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7,
-                    color=color)
+        ax.annotate(
+            fmt.format(y), (x, h), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7, color=color
+        )
 
 
 def cost_plot(table: pd.DataFrame, title: str):
@@ -84,8 +86,14 @@ def accuracy_storage_plot(table: pd.DataFrame, accuracy: pd.DataFrame, title: st
             ax_s.bar(x, values, bottom=bottom, width=0.5, color=f"C{i + 1}", label=part)
             bottom += values
     for xi, total, nbytes in zip(x, runs.ipc_equivalent, runs["bytes"]):
-        ax_s.annotate(f"{total:.2f}\n{nbytes / 1024:.0f} KiB", (xi, total), textcoords="offset points",
-                      xytext=(0, 3), ha="center", fontsize=7)
+        ax_s.annotate(
+            f"{total:.2f}\n{nbytes / 1024:.0f} KiB",
+            (xi, total),
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="center",
+            fontsize=7,
+        )
     ax_s.set_ylim(0, runs.ipc_equivalent.max() * 1.3)
     ax_s.set_ylabel("storage (IPC-equivalents)")
     ax_s.set_title("storage of the aggregated set, by part", fontsize=9)
@@ -102,17 +110,28 @@ def subtask_accuracy_plot(per_subtask: pd.DataFrame, accuracy: pd.DataFrame, tit
     students), the aggregated set's accuracy on all test images as a dashed line."""
     values = sorted(per_subtask.subtasks.unique())
     widths = [max(2, (per_subtask.subtasks == s).sum()) for s in values]
-    fig, axes = plt.subplots(1, len(values), sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths},
-                             figsize=(1.2 * sum(widths) + 1.5, 3.6))
+    fig, axes = plt.subplots(
+        1,
+        len(values),
+        sharey=True,
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+        figsize=(1.2 * sum(widths) + 1.5, 3.6),
+    )
     overall = accuracy.set_index("subtasks").accuracy_mean
     for ax, s in zip(axes[0], values):
         rows = per_subtask[per_subtask.subtasks == s].sort_values("subtask")
         ax.bar(range(len(rows)), rows.accuracy_mean, yerr=rows.accuracy_std, capsize=3, color="C0", width=0.6)
-        _label_points(ax, range(len(rows)), rows.accuracy_mean, "{:.1f}", "black",
-                      at=rows.accuracy_mean + rows.accuracy_std.fillna(0))  # above the sd tick
+        _label_points(
+            ax,
+            range(len(rows)),
+            rows.accuracy_mean,
+            "{:.1f}",
+            "black",
+            at=rows.accuracy_mean + rows.accuracy_std.fillna(0),
+        )  # above the sd tick
         ax.axhline(overall[s], color="C3", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(rows)), [f"{i}\nclasses\n{c}" for i, c in zip(rows.subtask, rows.classes)],
-                      fontsize=7)
+        ax.set_xticks(range(len(rows)), [f"{i}\nclasses\n{c}" for i, c in zip(rows.subtask, rows.classes)], fontsize=7)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_title(f"S = {s}; all test images: {overall[s]:.1f}% (dashed)", fontsize=8)
         ax.set_xlabel("subtask")

@@ -1,4 +1,5 @@
 """Figures the notebooks show: image grids and accuracy against images per class."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -10,14 +11,14 @@ from ..data import Dataset
 from ..published import published
 
 
-def image_grid(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, title: str,
-               max_per_class: int = 10):
+def image_grid(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, title: str, max_per_class: int = 10):
     """One row per class, up to `max_per_class` images each, shown as [0, 1] pixels."""
     labels = labels.argmax(1) if labels.is_floating_point() else labels
     per_row = min(max_per_class, int(torch.bincount(labels).max()))
     classes = sorted(set(labels.tolist()))
-    fig, axes = plt.subplots(len(classes), per_row, squeeze=False,
-                             figsize=(0.9 * per_row + 0.8, 0.9 * len(classes) + 0.6))
+    fig, axes = plt.subplots(
+        len(classes), per_row, squeeze=False, figsize=(0.9 * per_row + 0.8, 0.9 * len(classes) + 0.6)
+    )
     pixels = dataset.to_unit(images.detach().cpu()).clamp(0, 1)
     for r, c in enumerate(classes):
         members = (labels == c).nonzero().squeeze(1)[:per_row]
@@ -42,8 +43,15 @@ def accuracy_vs_ipc(results: pd.DataFrame, dataset_name: str, title: str):
     sns.lineplot(data=df, x="ipc", y="accuracy_pct", hue="method", marker="o", errorbar="sd", ax=ax)
     for i, (method, points) in enumerate(published(dataset_name).items()):
         ipcs = sorted(points)
-        ax.scatter(ipcs, [points[k] for k in ipcs], marker="x", s=60, color=f"C{i + 5}",
-                   label=f"{method.upper()} (published, full {dataset_name})", zorder=5)
+        ax.scatter(
+            ipcs,
+            [points[k] for k in ipcs],
+            marker="x",
+            s=60,
+            color=f"C{i + 5}",
+            label=f"{method.upper()} (published, full {dataset_name})",
+            zorder=5,
+        )
     ax.set_xscale("log")
     ipcs = sorted(set(df.ipc) | {k for pts in published(dataset_name).values() for k in pts})
     ax.set_xticks(ipcs, [str(k) for k in ipcs])

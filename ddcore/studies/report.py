@@ -1,4 +1,5 @@
 """Saving what a notebook produced: figures and results files, each with the parameters that made it."""
+
 from __future__ import annotations
 
 import io
@@ -29,13 +30,18 @@ def save_figure(fig, figures_dir: str | Path, name: str, parameters: dict) -> Pa
     return path
 
 
-def save_results(output_dir: str | Path, notebook: str, parameters: dict, table: pd.DataFrame,
-                 extra: dict | None = None) -> Path:
+def save_results(
+    output_dir: str | Path, notebook: str, parameters: dict, table: pd.DataFrame, extra: dict | None = None
+) -> Path:
     """Write `<output_dir>/<notebook>.results.json`: parameters, a tidy table and any extra numbers."""
     check_writable_dir("output_dir", output_dir)
     path = Path(output_dir) / f"{notebook}.results.json"
-    payload = {"notebook": notebook, "parameters": _jsonable(parameters),
-               "rows": _jsonable(table.to_dict("records")), "extra": _jsonable(extra or {})}
+    payload = {
+        "notebook": notebook,
+        "parameters": _jsonable(parameters),
+        "rows": _jsonable(table.to_dict("records")),
+        "extra": _jsonable(extra or {}),
+    }
     atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
     return path
 

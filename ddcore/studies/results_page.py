@@ -12,6 +12,7 @@ Verdict of a cell with a published number (mean m, std s): "reproduced" when our
 m - (s + 1) points; otherwise "not yet run at the paper's iterations" when we ran fewer
 distillation iterations than the paper, else "not reproduced".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,20 +79,26 @@ def table(rows: pd.DataFrame) -> pd.DataFrame:
     # the run a row came from: its planned iterations (rows of a run stopped early say so)
     planned = rows["run_iterations"] if "run_iterations" in rows else pd.Series(float("nan"), index=rows.index)
     rows["final_iteration"] = planned.fillna(
-        rows.groupby(["dataset", "method", "ipc", "seed"]).iteration.transform("max")).astype(int)
+        rows.groupby(["dataset", "method", "ipc", "seed"]).iteration.transform("max")
+    ).astype(int)
     lines = []
     for row in rows.sort_values(["dataset", "ipc", "method", "iteration"]).itertuples():
         accs = pd.Series(row.accuracies) * 100
         mean = published(row.dataset).get(row.method, {}).get(row.ipc)
         std = PUBLISHED_STD.get(row.dataset, {}).get(row.method, {}).get(row.ipc)
-        lines.append({
-            "data set": row.dataset, "method": row.method, "IPC": row.ipc,
-            "iterations": "-" if row.method == "random" else row.iteration,
-            "students x epochs": f"{row.students} x {row.epochs}",
-            "ours (%)": f"{accs.mean():.1f} +- {accs.std(ddof=1):.1f}",
-            "published (%)": "-" if mean is None else f"{mean}" + ("" if std is None else f" +- {std}"),
-            "verdict": verdict(accs.mean(), row.method, row.dataset, row.ipc, row.iteration),
-            "command": f"`{_command(row)}`"})
+        lines.append(
+            {
+                "data set": row.dataset,
+                "method": row.method,
+                "IPC": row.ipc,
+                "iterations": "-" if row.method == "random" else row.iteration,
+                "students x epochs": f"{row.students} x {row.epochs}",
+                "ours (%)": f"{accs.mean():.1f} +- {accs.std(ddof=1):.1f}",
+                "published (%)": "-" if mean is None else f"{mean}" + ("" if std is None else f" +- {std}"),
+                "verdict": verdict(accs.mean(), row.method, row.dataset, row.ipc, row.iteration),
+                "command": f"`{_command(row)}`",
+            }
+        )
     return pd.DataFrame(lines)
 
 
@@ -115,6 +122,7 @@ def plot_runs(rows: pd.DataFrame, dataset: str, losses: dict[str, pd.DataFrame])
     """Accuracy against distillation iterations per IPC (published marks, our random subset as a
     line), and the distillation loss curves (smoothed) to show whether they flattened."""
     import matplotlib.pyplot as plt
+
     rows = rows[rows.dataset == dataset]
     ipcs = sorted(rows.ipc.unique())
     fig, axes = plt.subplots(1, len(ipcs) + 1, figsize=(4.2 * (len(ipcs) + 1), 3.6))
@@ -124,8 +132,12 @@ def plot_runs(rows: pd.DataFrame, dataset: str, losses: dict[str, pd.DataFrame])
     for name, curve in losses.items():
         smooth = curve.loss.rolling(25, min_periods=1).mean()
         ax.plot(curve.iteration, smooth / smooth.iloc[0], label=name.replace(f"{dataset}_", ""))
-    ax.set(xlabel="distillation iteration", ylabel="loss / first loss (25-it. mean)", yscale="log",
-           title="distillation loss")
+    ax.set(
+        xlabel="distillation iteration",
+        ylabel="loss / first loss (25-it. mean)",
+        yscale="log",
+        title="distillation loss",
+    )
     ax.legend(fontsize=7)
     fig.suptitle(f"{dataset}: ConvNet-3 width 128, final-epoch accuracy of fresh students", fontsize=10)
     fig.tight_layout()
@@ -142,8 +154,7 @@ def _accuracy_panel(ax, rows: pd.DataFrame, dataset: str, ipc: int) -> None:
         ax.axhline(100 * pd.Series(accs).mean(), color="grey", ls="--", label="random real (ours)")
     for method, points in published(dataset).items():
         if ipc in points:
-            ax.axhline(points[ipc], ls=":", color="C3" if method == "dsa" else "C4",
-                       label=f"{method} (published)")
+            ax.axhline(points[ipc], ls=":", color="C3" if method == "dsa" else "C4", label=f"{method} (published)")
     ax.set(xlabel="distillation iterations", ylabel="test accuracy (%)", title=f"IPC {ipc}")
     ax.legend(fontsize=7)
 
@@ -173,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     readme.write_text(new)
     for dataset in sorted(rows.dataset.unique()) if not rows.empty else []:
-        fig = plot_runs(rows, dataset, {p.name.removesuffix(".loss.jsonl"): load_losses(p)
-                                        for p in sorted(RUNS.glob(f"{dataset}_*.loss.jsonl"))})
+        fig = plot_runs(
+            rows,
+            dataset,
+            {p.name.removesuffix(".loss.jsonl"): load_losses(p) for p in sorted(RUNS.glob(f"{dataset}_*.loss.jsonl"))},
+        )
         fig.savefig(ROOT / "figures" / f"published_{dataset}_w128_runs.png", dpi=110, bbox_inches="tight")
     return 0
 

@@ -9,6 +9,7 @@ on a data set and on its rare-subgroup variant, graded by the robust-distillatio
   robust-minus-plain differences with the noise they must beat, and what the numbers say;
 - `pca_frame`: a 2-D PCA view of one class's real images, its clusters and the synthetic images.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,7 @@ from ..checks import check_choice, check_int, check_writable_dir
 from ..cluster import kmeans
 from ..data import Dataset
 from ..distill import method_config
-from ..evaluate import (CORRUPTIONS, EvalConfig, accuracy_by_group, cluster_min_accuracy, corrupt, student_for,
-                       summarize)
-from .experiment import cell_name, distill_cached
+from ..evaluate import CORRUPTIONS, EvalConfig, accuracy_by_group, cluster_min_accuracy, corrupt, student_for, summarize
 from ..io import atomic_write_bytes
 from ..robust import RobustConfig
 from ..subpop import make_rare_subgroups
@@ -35,16 +34,36 @@ from ..synthetic import SyntheticSet
 from ..train import predict
 from ..verdicts import noise as shared_noise
 from ..verdicts import verdict_word
+from .experiment import cell_name, distill_cached
 
-__all__ = ["Benchmark", "make_benchmarks", "robust_variants", "evaluate_cell", "run_robust_grid",
-           "robust_sweep", "summary_table", "robust_gains", "gains_table", "claim_verdicts", "conclusion_text",
-           "pca_frame", "METRICS", "METRIC_NAMES"]
+__all__ = [
+    "Benchmark",
+    "make_benchmarks",
+    "robust_variants",
+    "evaluate_cell",
+    "run_robust_grid",
+    "robust_sweep",
+    "summary_table",
+    "robust_gains",
+    "gains_table",
+    "claim_verdicts",
+    "conclusion_text",
+    "pca_frame",
+    "METRICS",
+    "METRIC_NAMES",
+]
 
 # Metrics of the table, in order, with their display names.
 METRIC_NAMES = {
-    "accuracy": "average", "cluster_min_accuracy": "cluster min", "cluster_mean_accuracy": "cluster mean",
-    "accuracy_gaussian_noise": "noise", "accuracy_blur": "blur", "accuracy_invert": "inverted",
-    "rare_group_accuracy": "rare subgroup", "worst_group_accuracy": "worst subgroup"}
+    "accuracy": "average",
+    "cluster_min_accuracy": "cluster min",
+    "cluster_mean_accuracy": "cluster mean",
+    "accuracy_gaussian_noise": "noise",
+    "accuracy_blur": "blur",
+    "accuracy_invert": "inverted",
+    "rare_group_accuracy": "rare subgroup",
+    "worst_group_accuracy": "worst subgroup",
+}
 METRICS = tuple(METRIC_NAMES)
 ROBUST_SUFFIX = "+robust"
 
@@ -52,14 +71,16 @@ ROBUST_SUFFIX = "+robust"
 @dataclass(eq=False)
 class Benchmark:
     """A data set to distil and test on, with its subgroup ids (None on the plain data set)."""
-    name: str                          # 'plain' or 'rare'
+
+    name: str  # 'plain' or 'rare'
     dataset: Dataset
     train_groups: torch.Tensor | None  # (N_train,) 0 common, 1 rare
-    test_groups: torch.Tensor | None   # (N_test,) 0 common, 1 rare
+    test_groups: torch.Tensor | None  # (N_test,) 0 common, 1 rare
 
 
-def make_benchmarks(data: Dataset, rare_fraction: float = 0.1, transform: str = "invert",
-                    seed: int = 0) -> dict[str, Benchmark]:
+def make_benchmarks(
+    data: Dataset, rare_fraction: float = 0.1, transform: str = "invert", seed: int = 0
+) -> dict[str, Benchmark]:
     """{'plain': the data set as it is, 'rare': its rare-subgroup variant (see ddcore.subpop)}.
 
     The rare images are drawn independently of a distillation with the same seed (see
@@ -70,8 +91,7 @@ def make_benchmarks(data: Dataset, rare_fraction: float = 0.1, transform: str = 
     rare, train_groups, test_groups = make_rare_subgroups(data, rare_fraction, transform, seed)
     fraction = f"{rare_fraction:g}".replace(".", "p")
     rare = dataclasses.replace(rare, name=f"{rare.name}-{transform}-{fraction}")
-    return {"plain": Benchmark("plain", data, None, None),
-            "rare": Benchmark("rare", rare, train_groups, test_groups)}
+    return {"plain": Benchmark("plain", data, None, None), "rare": Benchmark("rare", rare, train_groups, test_groups)}
 
 
 def robust_variants(base: dict[str, dict], robust: RobustConfig) -> dict[str, tuple[str, dict]]:
@@ -94,8 +114,15 @@ def robust_variants(base: dict[str, dict], robust: RobustConfig) -> dict[str, tu
 
 
 # --- evaluation ---
-def evaluate_cell(syn: SyntheticSet, bench: Benchmark, cfg: EvalConfig, seed: int = 0, device=None,
-                  k: int = 10, corruptions: tuple[str, ...] = CORRUPTIONS) -> pd.DataFrame:
+def evaluate_cell(
+    syn: SyntheticSet,
+    bench: Benchmark,
+    cfg: EvalConfig,
+    seed: int = 0,
+    device=None,
+    k: int = 10,
+    corruptions: tuple[str, ...] = CORRUPTIONS,
+) -> pd.DataFrame:
     """One row per student: the metrics of `evaluate.evaluate_robustness` plus cluster_<i>.
 
     Columns: accuracy, cluster_min_accuracy, cluster_mean_accuracy, cluster_<i> (accuracy in test
@@ -119,10 +146,17 @@ def _student_row(net, syn, bench, corrupted, k, seed, n, cfg) -> dict:
     data, groups = bench.dataset, bench.test_groups
     pred = predict(net, data.images_test)
     clustered = cluster_min_accuracy(pred, data, k, seed=0)
-    row = {"benchmark": bench.name, "method": syn.meta.get("method"), "ipc": syn.meta.get("ipc"),
-           "net": n, "seed": seed, "epochs": cfg.train.epochs,
-           "accuracy": float((pred == data.labels_test).double().mean()),
-           "cluster_min_accuracy": clustered["min"], "cluster_mean_accuracy": clustered["mean"]}
+    row = {
+        "benchmark": bench.name,
+        "method": syn.meta.get("method"),
+        "ipc": syn.meta.get("ipc"),
+        "net": n,
+        "seed": seed,
+        "epochs": cfg.train.epochs,
+        "accuracy": float((pred == data.labels_test).double().mean()),
+        "cluster_min_accuracy": clustered["min"],
+        "cluster_mean_accuracy": clustered["mean"],
+    }
     row.update({f"cluster_{i}": acc for i, acc in enumerate(clustered["per_cluster"])})
     for kind, images in corrupted.items():
         row[f"accuracy_{kind}"] = float((predict(net, images) == data.labels_test).double().mean())
@@ -159,15 +193,22 @@ def _cache(cache_dir: str | Path | None) -> Path | None:
 
 
 def _distill(label, method, options, bench, ipc, seed, device, cache_dir, progress) -> SyntheticSet:
-    tag = label[len(method):]  # '+robust' or ''
+    tag = label[len(method) :]  # '+robust' or ''
     return distill_cached(method, bench.dataset, ipc, seed, options, device, cache_dir, progress, tag)
 
 
-def run_robust_grid(benchmarks: dict[str, Benchmark], variants: dict[str, tuple[str, dict]], ipcs: list[int],
-                    eval_cfg: EvalConfig, seed: int = 0, device=None, cache_dir: str | Path | None = None,
-                    progress: bool = False, k: int = 10,
-                    corruptions: tuple[str, ...] | dict[str, tuple[str, ...]] = CORRUPTIONS
-                    ) -> tuple[pd.DataFrame, dict]:
+def run_robust_grid(
+    benchmarks: dict[str, Benchmark],
+    variants: dict[str, tuple[str, dict]],
+    ipcs: list[int],
+    eval_cfg: EvalConfig,
+    seed: int = 0,
+    device=None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    k: int = 10,
+    corruptions: tuple[str, ...] | dict[str, tuple[str, ...]] = CORRUPTIONS,
+) -> tuple[pd.DataFrame, dict]:
     """Distill and evaluate every (benchmark, method variant, ipc); see `evaluate_cell` for the rows.
 
     corruptions: graded on every benchmark, or a dict from benchmark name to its own (missing: none).
@@ -188,9 +229,20 @@ def run_robust_grid(benchmarks: dict[str, Benchmark], variants: dict[str, tuple[
     return pd.concat(frames, ignore_index=True), sets
 
 
-def robust_sweep(bench: Benchmark, method: str, options: dict, robust: RobustConfig, ipc: int,
-                 values: dict[str, list], eval_cfg: EvalConfig, seed: int = 0, device=None,
-                 cache_dir: str | Path | None = None, progress: bool = False, k: int = 10) -> pd.DataFrame:
+def robust_sweep(
+    bench: Benchmark,
+    method: str,
+    options: dict,
+    robust: RobustConfig,
+    ipc: int,
+    values: dict[str, list],
+    eval_cfg: EvalConfig,
+    seed: int = 0,
+    device=None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    k: int = 10,
+) -> pd.DataFrame:
     """The robust variant of `method` with one RobustConfig field at a time set to each value.
 
     values: e.g. {'alpha': [0.2, 1.0], 'k': [1, 10]}; the other fields stay as in `robust`.
@@ -200,8 +252,10 @@ def robust_sweep(bench: Benchmark, method: str, options: dict, robust: RobustCon
     for param in values:
         check_choice("sweep parameter", param, sorted(fields))
     if "k" in values and robust.clustering != "kmeans":
-        raise ValueError("sweeping k needs clustering='kmeans'; with 'synthetic' the cells are the "
-                         "synthetic images and k is not used")
+        raise ValueError(
+            "sweeping k needs clustering='kmeans'; with 'synthetic' the cells are the "
+            "synthetic images and k is not used"
+        )
     cache_dir, frames = _cache(cache_dir), []
     for param, vals in values.items():
         for value in vals:
@@ -240,7 +294,7 @@ def robust_gains(results: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> p
     """
     metrics = _present(results, metrics)
     s = summarize(results, metrics, by=("benchmark", "method", "ipc"))
-    rob = s[s.method.str.endswith(ROBUST_SUFFIX)].assign(method=lambda d: d.method.str[:-len(ROBUST_SUFFIX)])
+    rob = s[s.method.str.endswith(ROBUST_SUFFIX)].assign(method=lambda d: d.method.str[: -len(ROBUST_SUFFIX)])
     pairs = s.merge(rob, on=("benchmark", "method", "ipc"), suffixes=("", "_robust"))
     rows = []
     for _, p in pairs.iterrows():
@@ -249,9 +303,19 @@ def robust_gains(results: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> p
                 continue
             diff = p[f"{m}_mean_robust"] - p[f"{m}_mean"]
             noise = shared_noise(p[f"{m}_std"], p[f"{m}_std_robust"])  # ddcore.verdicts' rule
-            rows.append({"benchmark": p.benchmark, "method": p.method, "ipc": p.ipc, "metric": m,
-                         "plain": p[f"{m}_mean"], "robust": p[f"{m}_mean_robust"], "diff": diff,
-                         "noise": noise, "beyond_noise": bool(abs(diff) > noise)})
+            rows.append(
+                {
+                    "benchmark": p.benchmark,
+                    "method": p.method,
+                    "ipc": p.ipc,
+                    "metric": m,
+                    "plain": p[f"{m}_mean"],
+                    "robust": p[f"{m}_mean_robust"],
+                    "diff": diff,
+                    "noise": noise,
+                    "beyond_noise": bool(abs(diff) > noise),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -276,8 +340,17 @@ def claim_verdicts(gains: pd.DataFrame) -> pd.DataFrame:
         rare_up, worst_up = _rises(d, "rare_group_accuracy"), _rises(d, "cluster_min_accuracy")
         avg_kept = bool(d.loc["accuracy", "diff"] >= -d.loc["accuracy", "noise"])
         holds = bool(worst_up) and avg_kept and rare_up is not False
-        rows.append({"benchmark": bench, "method": method, "ipc": ipc, "rare_up": rare_up,
-                     "worst_cluster_up": worst_up, "average_kept": avg_kept, "claim_holds": holds})
+        rows.append(
+            {
+                "benchmark": bench,
+                "method": method,
+                "ipc": ipc,
+                "rare_up": rare_up,
+                "worst_cluster_up": worst_up,
+                "average_kept": avg_kept,
+                "claim_holds": holds,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -286,18 +359,29 @@ def _rises(d: pd.DataFrame, metric: str) -> bool | None:
     return bool(d.loc[metric, "diff"] > d.loc[metric, "noise"]) if metric in d.index else None
 
 
-def conclusion_text(gains: pd.DataFrame, verdicts: pd.DataFrame,
-                    metrics: tuple[str, ...] = ("accuracy", "cluster_min_accuracy", "rare_group_accuracy")) -> str:
+def conclusion_text(
+    gains: pd.DataFrame,
+    verdicts: pd.DataFrame,
+    metrics: tuple[str, ...] = ("accuracy", "cluster_min_accuracy", "rare_group_accuracy"),
+) -> str:
     """The measured differences, each with its noise and a word, and how many comparisons show the claim."""
     lines = []
     for _, v in verdicts.iterrows():
         g = gains[(gains.benchmark == v.benchmark) & (gains.method == v.method) & (gains.ipc == v.ipc)]
-        parts = [f"{METRIC_NAMES[m]} {r.diff:+.1f} (noise {r.noise:.1f}, {verdict_word(r.diff, r.noise)})"
-                 for m in metrics for r in g[g.metric == m].itertuples()]
-        lines.append(f"{v.benchmark:>5} {v.method}+robust vs {v.method}, ipc {v.ipc}: " + "; ".join(parts)
-                     + f" -> claim {'holds' if v.claim_holds else 'not shown'}")
-    lines.append(f"The claim holds in {int(verdicts.claim_holds.sum())} of {len(verdicts)} comparisons "
-                 "(worst cluster and rare subgroup up beyond noise, average not down beyond noise).")
+        parts = [
+            f"{METRIC_NAMES[m]} {r.diff:+.1f} (noise {r.noise:.1f}, {verdict_word(r.diff, r.noise)})"
+            for m in metrics
+            for r in g[g.metric == m].itertuples()
+        ]
+        lines.append(
+            f"{v.benchmark:>5} {v.method}+robust vs {v.method}, ipc {v.ipc}: "
+            + "; ".join(parts)
+            + f" -> claim {'holds' if v.claim_holds else 'not shown'}"
+        )
+    lines.append(
+        f"The claim holds in {int(verdicts.claim_holds.sum())} of {len(verdicts)} comparisons "
+        "(worst cluster and rare subgroup up beyond noise, average not down beyond noise)."
+    )
     return "\n".join(lines)
 
 
@@ -310,6 +394,7 @@ def pca_frame(bench: Benchmark, cls: int, k: int, sets: dict[str, SyntheticSet],
     real images only; df.attrs['explained'] holds its explained-variance ratios.
     """
     from sklearn.decomposition import PCA
+
     data = bench.dataset
     check_int("cls", cls, low=0, high=data.num_classes - 1)
     mask = data.labels_train == cls
@@ -317,14 +402,23 @@ def pca_frame(bench: Benchmark, cls: int, k: int, sets: dict[str, SyntheticSet],
     pca = PCA(n_components=2, random_state=seed).fit(real.numpy())
     groups = bench.train_groups[mask] if bench.train_groups is not None else torch.zeros(len(real), dtype=torch.long)
     xy = pca.transform(real.numpy())
-    frames = [pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1], "source": "real",
-                            "cluster": kmeans(real, k, seed).ids.numpy(),
-                            "group": np.where(groups.numpy() == 1, "rare", "common")})]
+    frames = [
+        pd.DataFrame(
+            {
+                "pc1": xy[:, 0],
+                "pc2": xy[:, 1],
+                "source": "real",
+                "cluster": kmeans(real, k, seed).ids.numpy(),
+                "group": np.where(groups.numpy() == 1, "rare", "common"),
+            }
+        )
+    ]
     for label, syn in sets.items():
         images = syn.images[syn.hard_labels == cls].flatten(1)
         xy = pca.transform(images.numpy())
-        frames.append(pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1], "source": label, "cluster": -1,
-                                    "group": "synthetic"}))
+        frames.append(
+            pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1], "source": label, "cluster": -1, "group": "synthetic"})
+        )
     out = pd.concat(frames, ignore_index=True)
     out.attrs["explained"] = pca.explained_variance_ratio_.tolist()
     return out

@@ -199,22 +199,27 @@ def evaluate_synthetic(
     seed: int = 0,
     device=None,
     test_groups: torch.Tensor | None = None,
-    progress: bool = False,
+    progress: bool = True,
     test_images: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Train cfg.num_nets students on `syn` and test each on the data set's test split.
 
     test_groups: optional subgroup id of every test image, for per-subgroup accuracy.
     test_images: optional replacement test images (e.g. corrupted), same labels and order.
+    progress: a bar over the students (each takes minutes at the papers' settings on a CPU), on by
+        default as distill's is; the notebooks' helpers pass their own `progress` parameter.
     """
     cfg = cfg or EvalConfig()
     _check_eval_inputs(syn, dataset, test_groups)
     images_test = dataset.images_test if test_images is None else test_images
     check_images("test_images", images_test, dataset.channels, dataset.im_size)
     rows = []
-    for k, net in enumerate(_progress(students(syn, dataset, cfg, seed, device), progress, syn, cfg.num_nets)):
+    bar = _progress(students(syn, dataset, cfg, seed, device), progress, syn, cfg.num_nets)
+    for k, net in enumerate(bar):
         pred = predict_with(net, images_test, cfg.accel)
         rows.append(_row(syn, dataset, cfg, seed + k, k, pred, test_groups))
+        if progress:
+            bar.set_postfix(last_accuracy=f"{rows[-1]['accuracy']:.3f}")
     return pd.DataFrame(rows)
 
 
@@ -366,7 +371,7 @@ def evaluate_robustness(
     k: int = 10,
     cluster_seed: int = 0,
     corruptions: tuple[str, ...] = CORRUPTIONS,
-    progress: bool = False,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """`evaluate_synthetic` plus the paper's robustness metrics, one row per trained network.
 

@@ -113,3 +113,18 @@ def test_plot_runs(tmp_path):
     fig = rp.plot_runs(rows, "fashion_mnist", losses)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "dsa (ours)" in labels and "random real (ours)" in labels and "dsa (published)" in labels
+
+
+def test_baselines_plot_draws_the_published_fashion_mnist_marks():
+    import pandas as pd
+
+    from ddcore.studies.plots import accuracy_vs_ipc
+
+    results = pd.DataFrame({"method": ["random", "random"], "ipc": [1, 10], "accuracy": [0.5, 0.7]})
+    fig = accuracy_vs_ipc(results, "fashion_mnist", "t")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "DSA (published, full fashion_mnist)" in labels and "DC (published, full fashion_mnist)" in labels
+    assert not any(
+        "published" in lab
+        for lab in [t.get_text() for t in accuracy_vs_ipc(results, "mnist5k", "t").axes[0].get_legend().get_texts()]
+    )

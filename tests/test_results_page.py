@@ -69,7 +69,8 @@ def test_table_and_render(tmp_path):
     assert table.iloc[0]["verdict"].startswith("not yet run")
     assert "--iterations 200" in table.iloc[0]["command"]  # the snapshot came from the 200-iteration run
     text = rp.render(rows)
-    assert text.count("\n") == 2 + 3 and "| fashion_mnist | random | 1 | - |" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3
+    assert "| fashion_mnist | random | 1 | - |" in text and "Robust" not in text
 
 
 def test_a_run_stopped_early_names_its_plan_and_the_checkpoint(tmp_path):
@@ -128,3 +129,39 @@ def test_baselines_plot_draws_the_published_fashion_mnist_marks():
         "published" in lab
         for lab in [t.get_text() for t in accuracy_vs_ipc(results, "mnist5k", "t").axes[0].get_legend().get_texts()]
     )
+
+
+def _robust(variant, seed, rare, cmin, avg=(0.9, 0.9, 0.9), ipc=10):
+    return {
+        "benchmark": "mnist5k_rare-invert-0p1",
+        "variant": variant,
+        "ipc": ipc,
+        "seed": seed,
+        "width": 32,
+        "epochs": 300,
+        "iterations": 300,
+        "moved_relative": 0.3,
+        "accuracy": list(avg),
+        "rare_group_accuracy": list(rare),
+        "cluster_min_accuracy": list(cmin),
+    }
+
+
+def test_robust_claim_pools_seeds_and_grades_the_claim(tmp_path):
+    from ddcore.studies.robust_claim import claim_table, load_robust_rows, pooled
+
+    plain = [_robust("dm", s, (0.50, 0.52, 0.54), (0.20, 0.21, 0.22)) for s in range(3)]
+    better = [_robust("dm+cm", s, (0.70, 0.72, 0.74), (0.30, 0.31, 0.32), avg=(0.895, 0.9, 0.905)) for s in range(3)]
+    worse_avg = [_robust("dm+dl", s, (0.70, 0.72, 0.74), (0.30, 0.31, 0.32), avg=(0.85, 0.85, 0.85)) for s in range(3)]
+    same = [_robust("dm+default", s, (0.50, 0.53, 0.54), (0.20, 0.21, 0.22)) for s in range(3)]
+    rows = load_robust_rows([_write(tmp_path / "robust_x.rows.jsonl", plain + better + worse_avg + same + [plain[0]])])
+    stats = pooled(rows).set_index("variant")
+    assert stats.loc["dm", "students"] == 9 and stats.loc["dm", "rare_group_accuracy_mean"] == pytest.approx(52.0)
+    table = claim_table(rows).set_index("variant")
+    assert list(table.index) == ["dm+cm", "dm+dl", "dm+default"]  # the plain method is the baseline, not a row
+    assert table.loc["dm+cm", "verdict"] == "supported"
+    assert table.loc["dm+dl", "verdict"] == "not supported (average down 5.0)"
+    assert table.loc["dm+default", "verdict"].startswith("not supported (rare subgroup not up beyond noise")
+    assert table.loc["dm+cm", "rare subgroup"].startswith("52.0 -> 72.0 (+20.0, noise")
+    text = rp.render(rp.load_rows([]), rows)
+    assert "### Robust distillation" in text and "| mnist5k_rare-invert-0p1 | 10 | dm+cm |" in text

@@ -1,0 +1,93 @@
+"""The robust-distillation claim, graded on the long runs of bench/robust_table.py.
+
+The claim (the robust issue): a robust variant gives better rare-subgroup and worst-cluster
+accuracy than its plain method while its average accuracy stays within 1 point. Each (variant,
+ipc) pools its students over every distillation seed; differences use ddcore.verdicts' noise rule.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..verdicts import compare
+
+METRICS = {"accuracy": "average", "rare_group_accuracy": "rare subgroup", "cluster_min_accuracy": "cluster min"}
+CELL = ["benchmark", "variant", "ipc", "seed", "width", "epochs", "iterations"]
+AVERAGE_TOLERANCE = 1.0  # points the average may lose
+
+
+def load_robust_rows(paths: list[Path]) -> pd.DataFrame:
+    """Every row of the given JSONL files, the last one of each cell kept (reruns append)."""
+    records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    if not records:
+        return pd.DataFrame(columns=CELL)
+    return pd.DataFrame(records).drop_duplicates(subset=CELL, keep="last").reset_index(drop=True)
+
+
+def pooled(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (benchmark, variant, ipc): mean and population sd (%) of each metric over all students of
+    all seeds, the seeds, and how far the images moved from their initialisation."""
+    out = []
+    for (bench, variant, ipc), g in rows.groupby(["benchmark", "variant", "ipc"], sort=False):
+        line = {
+            "benchmark": bench,
+            "variant": variant,
+            "ipc": ipc,
+            "seeds": len(g),
+            "students": int(sum(len(a) for a in g.accuracy)),
+            "iterations": int(g.iterations.max()),
+            "moved": float(g.moved_relative.mean()),
+        }
+        for m in METRICS:
+            values = 100 * np.concatenate([np.asarray(a, dtype=float) for a in g[m]])
+            line[f"{m}_mean"], line[f"{m}_sd"] = float(values.mean()), float(values.std())
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def claim_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each robust variant against its plain method ('dm+cm' against 'dm'), per ipc, with a verdict."""
+    if rows.empty:
+        return pd.DataFrame()
+    stats = pooled(rows).set_index(["benchmark", "variant", "ipc"])
+    lines = []
+    for (bench, variant, ipc), r in stats.iterrows():
+        base = variant.split("+")[0]
+        if variant == base or (bench, base, ipc) not in stats.index:
+            continue
+        b = stats.loc[(bench, base, ipc)]
+        diffs = {m: compare(b[f"{m}_mean"], b[f"{m}_sd"], r[f"{m}_mean"], r[f"{m}_sd"]) for m in METRICS}
+        line = {
+            "benchmark": bench,
+            "IPC": ipc,
+            "variant": variant,
+            "seeds x students": f"{r.seeds} x {r.students // max(r.seeds, 1)}",
+            "iterations": r.iterations,
+        }
+        for m, name in METRICS.items():  # plain -> robust (difference, noise), in %
+            line[name] = (
+                f"{b[f'{m}_mean']:.1f} -> {r[f'{m}_mean']:.1f} ({diffs[m].diff:+.1f}, noise {diffs[m].noise:.1f})"
+            )
+        line["images moved"] = f"{b.moved:.2f} / {r.moved:.2f}"
+        line["verdict"] = claim_verdict(diffs)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def claim_verdict(diffs: dict) -> str:
+    """'supported' when rare subgroup and cluster min rise beyond noise and the average loses at
+    most AVERAGE_TOLERANCE points; otherwise what failed."""
+    failed = [METRICS[m] for m in ("rare_group_accuracy", "cluster_min_accuracy") if diffs[m].word != "better"]
+    if diffs["accuracy"].diff < -AVERAGE_TOLERANCE:
+        failed.append(f"average down {-diffs['accuracy'].diff:.1f}")
+    return (
+        "supported"
+        if not failed
+        else "not supported ("
+        + ", ".join(f"{f} not up beyond noise" if not f.startswith("average") else f for f in failed)
+        + ")"
+    )

@@ -165,3 +165,16 @@ def test_robust_claim_pools_seeds_and_grades_the_claim(tmp_path):
     assert table.loc["dm+cm", "rare subgroup"].startswith("52.0 -> 72.0 (+20.0, noise")
     text = rp.render(rp.load_rows([]), rows)
     assert "### Robust distillation" in text and "| mnist5k_rare-invert-0p1 | 10 | dm+cm |" in text
+
+
+def test_plot_claim(tmp_path):
+    from ddcore.studies.robust_claim import load_robust_rows, plot_claim
+
+    rows = [
+        {**_robust(v, s, (0.5, 0.6, 0.7), (0.2, 0.3, 0.3)), "losses": [[i, 10.0 / (i + 1)] for i in range(30)]}
+        for v in ("dm", "dm+cm")
+        for s in range(2)
+    ]
+    fig = plot_claim(load_robust_rows([_write(tmp_path / "r.jsonl", rows)]), 10)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["dm", "dm+cm"]
+    assert len(fig.axes[1].get_lines()) == 2

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..published import published
-from .robust_claim import claim_table, load_robust_rows
+from .robust_claim import claim_table, load_robust_rows, plot_claim
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs"
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     readme = Path(args.readme)
     text = readme.read_text()
     rows = load_rows(sorted(RUNS.glob("*_published.rows.jsonl")))
-    new = replace_section(text, render(rows, load_robust_rows(sorted(RUNS.glob("robust_*.rows.jsonl")))))
+    robust_rows = load_robust_rows(sorted(RUNS.glob("robust_*.rows.jsonl")))
+    new = replace_section(text, render(rows, robust_rows))
     if args.check:
         if new != text:
             print("README.md's results section is stale: run python -m ddcore.studies.results_page", file=sys.stderr)
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             {p.name.removesuffix(".loss.jsonl"): load_losses(p) for p in sorted(RUNS.glob(f"{dataset}_*.loss.jsonl"))},
         )
         fig.savefig(ROOT / "figures" / f"published_{dataset}_w128_runs.png", dpi=110, bbox_inches="tight")
+    groups = robust_rows.groupby(["benchmark", "width", "ipc"]) if not robust_rows.empty else []
+    for (bench, width, ipc), g in groups:
+        name = f"robust_{bench}_w{width}_ipc{ipc}_claim.png"  # the scale in the name
+        plot_claim(g, int(ipc)).savefig(ROOT / "figures" / name, dpi=110, bbox_inches="tight")
     return 0
 
 

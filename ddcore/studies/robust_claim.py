@@ -91,3 +91,30 @@ def claim_verdict(diffs: dict) -> str:
         + ", ".join(f"{f} not up beyond noise" if not f.startswith("average") else f for f in failed)
         + ")"
     )
+
+
+def plot_claim(rows: pd.DataFrame, ipc: int):
+    """Left: each variant's average, rare-subgroup and cluster-min accuracy (mean +- sd over all
+    students of all seeds) at one IPC; right: its distillation loss over iterations (seed mean,
+    divided by the first iteration's), to show whether it flattened."""
+    import matplotlib.pyplot as plt
+
+    rows = rows[rows.ipc == ipc]
+    stats = pooled(rows)
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(METRICS)
+    for i, (m, name) in enumerate(METRICS.items()):
+        x = np.arange(len(stats)) + (i - 1) * width
+        ax.bar(x, stats[f"{m}_mean"], width, yerr=stats[f"{m}_sd"], capsize=3, label=name)
+    ax.set_xticks(np.arange(len(stats)), stats.variant)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"IPC {ipc}: {stats.seeds.max()} seeds x students")
+    ax.legend(fontsize=8)
+    for variant, g in rows.groupby("variant", sort=False):
+        curves = [pd.Series({it: loss for it, loss in losses}) for losses in g.losses if len(losses)]
+        if curves:
+            mean = pd.concat(curves, axis=1).mean(axis=1).rolling(20, min_periods=1).mean()
+            ax_loss.plot(mean.index, mean / mean.iloc[0], label=variant)
+    ax_loss.set(xlabel="distillation iteration", ylabel="loss / first (20-it. mean)", title="distillation loss")
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

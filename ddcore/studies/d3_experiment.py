@@ -128,6 +128,7 @@ def d3_sweep(
 
     The decoder is the one `decoder_for_budget` picks for (budget, default lpc = budget,
     latent_dim); the storage of each variant is reported, so variants that go over the budget show it.
+    A variant two sweeps share (lpc = budget at the default latent_dim) is distilled once, with a cache.
     """
     d3_options = dict(d3_options)
     latent_dim = d3_options.pop("latent_dim", DecoderConfig().latent_dim)
@@ -142,10 +143,13 @@ def d3_sweep(
             raise ValueError(f"sweep over lpc or latent_dim, got {name!r}")
         for value in choices:
             decoder = replace(base, latent_dim=value) if name == "latent_dim" else base
-            opts = {**d3_options, "decoder": decoder, "labeller": labeller, "lpc": value if name == "lpc" else budget}
+            lpc = value if name == "lpc" else budget
+            opts = {**d3_options, "decoder": decoder, "labeller": labeller, "lpc": lpc}
             if root is not None and "experts_dir" not in opts:
                 opts["experts_dir"] = root
-            syn = distill_cached("d3", dataset, budget, seed, opts, device, cache_dir, progress, tag=f"_{name}{value}")
+            # the tag names the variant, not the sweep: a run two sweeps share is distilled once
+            tag = f"_lpc{lpc}_z{decoder.latent_dim}"
+            syn = distill_cached("d3", dataset, budget, seed, opts, device, cache_dir, progress, tag=tag)
             rows = evaluate_cached(syn, dataset, eval_cfg, seed, device, cache_dir, progress)
             frames.append(rows.assign(swept=name, value=value, ipc_equivalent=storage(syn)["ipc_equivalent"]))
     return pd.concat(frames, ignore_index=True)

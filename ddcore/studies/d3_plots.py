@@ -6,13 +6,15 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from ..storage import d3_ipc_equivalent
 
 
-def accuracy_vs_storage(results: pd.DataFrame, title: str):
-    """Accuracy (mean +- sd over students) against the measured IPC-equivalent storage of each set."""
+def accuracy_vs_storage(results: pd.DataFrame, title: str, upper: tuple[float, str] | None = None):
+    """Accuracy (mean +- sd over students) against the measured IPC-equivalent storage of each set.
+
+    upper: (accuracy in %, label) of a network trained on the whole training set, a dotted line.
+    """
     grouped = results.groupby(["method", "budget"], sort=False)
     table = grouped.agg(acc=("accuracy", "mean"), sd=("accuracy", "std"), storage=("ipc_equivalent", "first"))
     table = table.reset_index()
@@ -28,6 +30,8 @@ def accuracy_vs_storage(results: pd.DataFrame, title: str):
             label=method,
             color=f"C{i}",
         )
+    if upper is not None:
+        ax.axhline(upper[0], color="grey", ls=":", lw=1.5, label=upper[1])
     ax.set_xscale("log")
     ticks = sorted(table.budget.unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -42,33 +46,38 @@ def accuracy_vs_storage(results: pd.DataFrame, title: str):
 
 
 def sweep_plot(sweep: pd.DataFrame, title: str):
-    """One panel per swept D3 setting (lpc, latent_dim): accuracy with its storage annotated."""
+    """Every swept D3 setting (lpc, latent_dim) on one axes: accuracy (mean +- sd over students)
+    against the measured storage, one line per setting, each point labelled with its value.
+
+    One axes, so a run that two sweeps share (e.g. lpc = 2 with the default latent size) is one
+    point where their lines meet, at one height, instead of a point on two differently scaled axes.
+    """
     names = list(dict.fromkeys(sweep.swept))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        rows = sweep[sweep.swept == name]
-        sns.pointplot(
-            data=rows.assign(accuracy_pct=rows.accuracy * 100),
-            x="value",
-            y="accuracy_pct",
-            errorbar="sd",
-            capsize=0.1,
-            ax=ax,
-        )
-        storage = rows.groupby("value").ipc_equivalent.first()
-        for k, (value, ipc_eq) in enumerate(storage.items()):
+    short = {"lpc": "lpc", "latent_dim": "z"}
+    fig, ax = plt.subplots(figsize=(6.6, 4.3))
+    for i, name in enumerate(names):
+        rows = sweep[sweep.swept == name].groupby("value", sort=True)
+        stats = rows.agg(
+            storage=("ipc_equivalent", "first"),
+            acc=("accuracy", lambda a: a.mean() * 100),
+            sd=("accuracy", lambda a: a.std(ddof=0) * 100),
+        ).sort_values("storage")
+        label = {"lpc": "priors per class (lpc)", "latent_dim": "latent size z"}.get(name, name)
+        ax.errorbar(stats.storage, stats.acc, yerr=stats.sd, marker="o", capsize=3, color=f"C{i}", label=label)
+        for value, row in stats.iterrows():
             ax.annotate(
-                f"{ipc_eq:.2f} IPC-eq",
-                (k, rows[rows.value == value].accuracy.mean() * 100),
+                f"{short.get(name, name)}={value}",
+                (row.storage, row.acc),
                 textcoords="offset points",
-                xytext=(0, 8),
-                ha="center",
+                xytext=(4, 6 - 14 * i),
                 fontsize=7,
+                color=f"C{i}",
             )
-        ax.set_xlabel({"lpc": "latent priors per class (lpc)", "latent_dim": "latent size z"}.get(name, name))
-        ax.set_ylabel("final-epoch test accuracy (%)")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    ax.set_xlabel("storage, IPC-equivalent (measured)")
+    ax.set_ylabel("final-epoch test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -67,3 +67,16 @@ def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def profile_changes(profile: str, notebook: str, namespace: dict) -> dict:
+    """The parameters a profile section sets to other values than this run's, as {name: (now, profile)}.
+
+    What `python -m ddcore.reproduce --profile PROFILE --only NOTEBOOK` would change; a notebook
+    prints it so that its text never has to repeat (and contradict) the profile file.
+    Call it as profile_changes("gpu", "01_baselines", globals()).
+    """
+    from ..reproduce import profile_parameters  # here: reproduce imports this module
+
+    wanted = profile_parameters(profile, notebook)
+    return {name: (namespace.get(name), value) for name, value in wanted.items() if namespace.get(name) != value}

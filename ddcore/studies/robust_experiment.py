@@ -192,9 +192,9 @@ def _cache(cache_dir: str | Path | None) -> Path | None:
     return Path(cache_dir)
 
 
-def _distill(label, method, options, bench, ipc, seed, device, cache_dir, progress) -> SyntheticSet:
+def _distill(label, method, options, bench, ipc, seed, device, cache_dir, progress, snapshots=()) -> SyntheticSet:
     tag = label[len(method) :]  # '+robust' or ''
-    return distill_cached(method, bench.dataset, ipc, seed, options, device, cache_dir, progress, tag)
+    return distill_cached(method, bench.dataset, ipc, seed, options, device, cache_dir, progress, tag, snapshots)
 
 
 def run_robust_grid(
@@ -208,10 +208,13 @@ def run_robust_grid(
     progress: bool = False,
     k: int = 10,
     corruptions: tuple[str, ...] | dict[str, tuple[str, ...]] = CORRUPTIONS,
+    snapshots: tuple[int, ...] = (),
 ) -> tuple[pd.DataFrame, dict]:
     """Distill and evaluate every (benchmark, method variant, ipc); see `evaluate_cell` for the rows.
 
     corruptions: graded on every benchmark, or a dict from benchmark name to its own (missing: none).
+    snapshots: iterations whose images every set keeps, with its loss curve (experiment.distill_cached);
+    (0,) is enough for experiment.image_drift.
 
     Synthetic sets and evaluations are cached in cache_dir (a stopped run resumes). Returns the
     rows (with distill_seconds) and the synthetic sets by (benchmark, variant, ipc).
@@ -221,7 +224,7 @@ def run_robust_grid(
     for bench in benchmarks.values():
         for ipc in ipcs:
             for label, (method, options) in variants.items():
-                syn = _distill(label, method, options, bench, ipc, seed, device, cache_dir, progress)
+                syn = _distill(label, method, options, bench, ipc, seed, device, cache_dir, progress, snapshots)
                 sets[(bench.name, label, ipc)] = syn
                 kinds = corruptions.get(bench.name, ()) if isinstance(corruptions, dict) else corruptions
                 df = _evaluate_cached(syn, bench, eval_cfg, seed, device, k, tuple(kinds), cache_dir)

@@ -9,8 +9,9 @@ loss curve and the images' distance from their initialisation (did they leave it
     python bench/robust_table.py --ipc 1 10 --variants dc dc+target --dc-iterations 50
 
 Variants: dm (plain DM); dm+cm (cluster means: per-class K-means k=3 on pixels, alpha 0.8);
-dm+dl (double layer over per-image Voronoi cells, robust_weight 0.1, alpha 0.8); dm+default
-(RobustConfig() as it stands); dc (plain DC with DSA); dc+target (the group-robust risk inside
+dm+dl (double layer over per-image Voronoi cells, robust_weight 0.1, alpha 0.8; RobustConfig()'s
+default since this comparison); dm+cmv (cluster means over the Voronoi cells, the default before it;
+rows made then say dm+default); dc (plain DC with DSA); dc+target (the group-robust risk inside
 the matching target, RobustConfig(dc_risk='target')); dc+network (the paper's network step).
 Rows go to <cache>/rows.jsonl (one per cell, students' metrics as lists); runs resume from
 checkpoints and cached sets.
@@ -38,7 +39,7 @@ VARIANTS = {
     "dm": ("dm", None),
     "dm+cm": ("dm", RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.8, dm_objective="cluster_means")),
     "dm+dl": ("dm", RobustConfig(clustering="synthetic", alpha=0.8, dm_objective="double_layer", robust_weight=0.1)),
-    "dm+default": ("dm", RobustConfig()),
+    "dm+cmv": ("dm", RobustConfig(clustering="synthetic", alpha=0.8, dm_objective="cluster_means")),
     "dc": ("dc", None),
     "dc+target": ("dc", RobustConfig(dc_risk="target")),
     "dc+network": ("dc", RobustConfig(dc_risk="network")),

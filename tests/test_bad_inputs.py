@@ -60,7 +60,7 @@ CASES = [
     ),
     (
         "double layer without Voronoi cells",
-        lambda d: RobustConfig(dm_objective="double_layer", clustering="kmeans"),
+        lambda d: distill("dm", d, 1, robust=RobustConfig(dm_objective="double_layer", clustering="kmeans")),
         ValueError,
         r"dm_objective='double_layer' uses each synthetic image's Voronoi cell; "
         r"it needs clustering='synthetic'",

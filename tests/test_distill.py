@@ -193,9 +193,12 @@ from ddcore.robust import RobustConfig  # noqa: E402
 
 
 @pytest.mark.parametrize("method", ["dc", "dm"])
-@pytest.mark.parametrize("clustering", ["synthetic", "kmeans"])
-def test_robust_variants_run_and_are_named(small, method, clustering):
-    robust = RobustConfig(clustering=clustering, k=2, space="pixels", alpha=0.5)
+@pytest.mark.parametrize(
+    "clustering, objective",
+    [("synthetic", "double_layer"), ("synthetic", "cluster_means"), ("kmeans", "cluster_means")],
+)
+def test_robust_variants_run_and_are_named(small, method, clustering, objective):
+    robust = RobustConfig(clustering=clustering, k=2, space="pixels", alpha=0.5, dm_objective=objective)
     syn = distill(method, small, ipc=2, progress=False, robust=robust, **FAST[method])
     assert syn.meta["method"] == f"{method}+robust" and syn.images.shape == (20, 1, 28, 28)
     assert torch.isfinite(syn.images).all()
@@ -209,7 +212,7 @@ def test_robust_dm_with_one_cluster_and_alpha_one_is_plain_dm(small):
         ipc=2,
         seed=5,
         progress=False,
-        robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0),
+        robust=RobustConfig(clustering="kmeans", k=1, space="pixels", alpha=1.0, dm_objective="cluster_means"),
         **FAST["dm"],
     )
     torch.testing.assert_close(robust.images, plain.images, atol=1e-4, rtol=1e-4)
@@ -224,7 +227,7 @@ def test_robust_variants_differ_from_the_plain_methods(small):
             ipc=2,
             seed=5,
             progress=False,
-            robust=RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.3),
+            robust=RobustConfig(clustering="kmeans", k=3, space="pixels", alpha=0.3, dm_objective="cluster_means"),
             **FAST[method],
         )
         assert not torch.allclose(robust.images, plain.images, atol=1e-4)

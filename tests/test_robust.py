@@ -306,7 +306,7 @@ def test_train_network_robust_lowers_the_robust_risk():
 
 def test_robust_config_objective_fields():
     cfg = RobustConfig()
-    assert (cfg.dc_risk, cfg.dm_objective, cfg.robust_weight) == ("target", "cluster_means", 0.1)
+    assert (cfg.dc_risk, cfg.dm_objective, cfg.robust_weight) == ("target", "double_layer", 0.1)
     assert cfg.cluster_space == "embedding"
     assert RobustConfig(clustering="kmeans", space="pixels").cluster_space == "pixels"
     with pytest.raises(ValueError, match=r"dc_risk='loss'.*\['target', 'network', 'both'\]"):
@@ -316,7 +316,12 @@ def test_robust_config_objective_fields():
     with pytest.raises(ValueError, match="robust_weight"):
         RobustConfig(robust_weight=-1.0)
     with pytest.raises(ValueError, match=r"needs clustering='synthetic', got clustering='kmeans'"):
-        RobustConfig(dm_objective="double_layer", clustering="kmeans")
+        RobustConfig(dm_objective="double_layer", clustering="kmeans").check_for_dm()
+    from ddcore.distill import method_config
+
+    with pytest.raises(ValueError, match="or set dm_objective='cluster_means'"):
+        method_config("dm", robust=RobustConfig(clustering="kmeans"))
+    method_config("dc", robust=RobustConfig(clustering="kmeans"))  # no error: DC ignores dm_objective
 
 
 def test_normalized_robust_risk_is_the_mean_with_one_cluster_and_alpha_one():

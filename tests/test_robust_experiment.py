@@ -20,7 +20,7 @@ from ddcore.train import TrainConfig  # noqa: E402
 
 FAST = EvalConfig(model=ModelConfig(width=8), train=TrainConfig(epochs=1), num_nets=2)
 DM = {"iterations": 1, "batch_real": 8, "model": ModelConfig(width=8)}
-ROBUST = RobustConfig(clustering="kmeans", k=2, space="pixels")
+ROBUST = RobustConfig(clustering="kmeans", k=2, space="pixels", dm_objective="cluster_means")
 CORRUPT = ("invert",)
 
 

@@ -187,7 +187,7 @@ def test_dm_double_layer_runs_and_is_its_own_objective(small):
     )
     torch.testing.assert_close(zero.images, plain.images, rtol=0, atol=1e-5)  # weight 0: plain DM
     double = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(dm_objective="double_layer"), **DM)
-    means = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(), **DM)
+    means = distill("dm", small, ipc=2, seed=5, robust=RobustConfig(dm_objective="cluster_means"), **DM)
     assert double.meta["method"] == "dm+robust" and torch.isfinite(double.images).all()
     assert double.meta["config"]["robust"]["dm_objective"] == "double_layer"
     for other in (plain, means):

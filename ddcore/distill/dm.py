@@ -46,6 +46,8 @@ class DMConfig:
         check_float("momentum", self.momentum, low=0.0, high=1.0)
         check_int("batch_real", self.batch_real, low=1)
         check_choice("init", self.init, INITS)
+        if self.robust is not None:
+            self.robust.check_for_dm()
 
 
 def class_means(features: torch.Tensor, groups: torch.Tensor, num_classes: int) -> torch.Tensor:

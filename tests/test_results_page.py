@@ -176,5 +176,5 @@ def test_plot_claim(tmp_path):
         for s in range(2)
     ]
     fig = plot_claim(load_robust_rows([_write(tmp_path / "r.jsonl", rows)]), 10)
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["dm", "dm+cm"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["dm\n(2 seeds)", "dm+cm\n(2 seeds)"]
     assert len(fig.axes[1].get_lines()) == 2

@@ -69,7 +69,9 @@ def test_table_and_render(tmp_path):
     assert table.iloc[0]["verdict"].startswith("not yet run")
     assert "--iterations 200" in table.iloc[0]["command"]  # the snapshot came from the 200-iteration run
     text = rp.render(rows)
-    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3
+    # 3 rows, then the 4 planned Fashion-MNIST cells without one (dsa 1 and random 1 have rows)
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3 + 4
+    assert text.count("| not yet run |") == 4 and "| fashion_mnist | dsa | 10 | 0 | - | - | 84.6 +- 0.3 |" in text
     assert "| fashion_mnist | random | 1 | - |" in text and "Robust" not in text
 
 

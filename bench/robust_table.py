@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,8 +55,24 @@ METRICS = (
 )
 
 
-def distill_cell(label, bench, ipc, seed, args, cache: Path) -> SyntheticSet:
+def variant(label: str, args) -> tuple[str, str, RobustConfig | None]:
+    """(name for rows and files, method, robust config) with --alpha / --k applied to robust variants.
+
+    A swept value goes into the name ("dm+dl@alpha0.5"), so a sweep's rows never mix with the
+    default's in the claim."""
     method, robust = VARIANTS[label]
+    if robust is None:
+        return label, method, None
+    name, changes = label, {}
+    if args.alpha is not None and args.alpha != robust.alpha:
+        name, changes["alpha"] = f"{name}@alpha{args.alpha:g}", args.alpha
+    if args.k is not None and robust.clustering == "kmeans" and args.k != robust.k:
+        name, changes["k"] = f"{name}@k{args.k}", args.k
+    return name, method, replace(robust, **changes)
+
+
+def distill_cell(label, bench, ipc, seed, args, cache: Path) -> SyntheticSet:
+    label, method, robust = variant(label, args)
     iterations = args.dm_iterations if method == "dm" else args.dc_iterations
     options = {
         "iterations": iterations,
@@ -98,6 +115,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dm-iterations", type=int, default=500)
     parser.add_argument("--dc-iterations", type=int, default=50)
+    parser.add_argument("--alpha", type=float, default=None, help="CVaR level of the robust variants")
+    parser.add_argument("--k", type=int, default=None, help="clusters per class of the K-means variants")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-real", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=300)
@@ -118,9 +137,12 @@ def main():
                 df = evaluate_cell(syn, bench, cfg, seed=seed, corruptions=())
                 moved = (syn.images - syn.snapshot(0).images).flatten(1).norm(dim=1)
                 start_norm = syn.snapshot(0).images.flatten(1).norm(dim=1)
+                name, _, robust = variant(label, args)
                 record = {
                     "benchmark": bench.dataset.name,
-                    "variant": label,
+                    "variant": name,
+                    "alpha": robust.alpha if robust else None,
+                    "k": robust.k if robust and robust.clustering == "kmeans" else None,
                     "ipc": ipc,
                     "seed": seed,
                     "width": args.width,
@@ -136,7 +158,7 @@ def main():
                 with open(cache / "rows.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 print(
-                    f"{label} ipc {ipc} seed {seed}: "
+                    f"{name} ipc {ipc} seed {seed}: "
                     + ", ".join(f"{m} {100 * df[m].mean():.1f}" for m in METRICS[:3] + ("cluster_min_accuracy",))
                     + f"; moved {record['moved_relative']:.2f}",
                     flush=True,

@@ -68,7 +68,9 @@ def distill(
     `checkpoint` names a file written every `checkpoint_every` iterations by iterative
     methods; with `resume=True` a run continues from it when it exists. `on_iteration`, when
     given, is called after each iteration of an iterative method with (iteration, loss, seconds
-    of its step); bench/run.py times methods with it. `accel` (a ddcore.accel.AccelConfig) runs
+    of its step); bench/run.py times methods with it. A hook with a `watch(params)` method is first
+    given the dict of tensors being learned (e.g. "images_syn", updated in place), which is how
+    ddcore.live.LiveView shows the images while they change. `accel` (a ddcore.accel.AccelConfig) runs
     the methods' forward passes under bf16 autocast and/or puts fresh networks and images in
     channels_last, for speed on GPUs; None (the default) changes nothing. `snapshots` lists
     iteration counts (0 = the initialisation) at which iterative methods keep a copy of what they

@@ -140,6 +140,7 @@ def optimize(
 
     `run.on_iteration`, when set, gets (iteration, loss, seconds of the step) after each iteration;
     every method's step ends with `loss.item()`, so on a GPU the seconds include the device's work.
+    A hook with a `watch` method is first given `params` (the live tensors, updated in place).
     `params` are the tensors being learned (restored in place on resume); the checkpoint also
     holds the optimizers' states and the generator's state, so a resumed run draws the same
     random numbers as an uninterrupted one.
@@ -149,6 +150,9 @@ def optimize(
         start, losses = _restore(run, method, cfg, params, optimizers, generator)
     bar = _progress_bar(run, method, start, iterations)
     _keep(run, start, params)
+    watch = getattr(run.on_iteration, "watch", None)
+    if watch is not None:  # a hook that shows the learned tensors (ddcore.live.LiveView) reads them in place
+        watch(params)
     for it in bar:
         began = time.perf_counter()
         loss = float(step(it))

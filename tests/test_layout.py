@@ -16,6 +16,7 @@ LOWER = [
     "ddcore.decoder",
     "ddcore.storage",
     "ddcore.train",
+    "ddcore.live",
 ]
 
 

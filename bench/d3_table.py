@@ -39,6 +39,7 @@ def run_grid(data, budgets, methods, d3_options, args, seed, iterations):
     labeller = LabellerConfig(epochs=args.labeller_epochs, model=model)
     cache = Path(args.cache) / f"{data.name}_w{args.width}_seed{seed}"
     cache.mkdir(parents=True, exist_ok=True)
+    methods = {name: ({**opts, "experts_dir": str(cache)} if name == "mtt" else opts) for name, opts in methods.items()}
     start = time.perf_counter()
     df, sets = storage_grid(
         data,
@@ -111,10 +112,9 @@ def main():
     data = load_dataset(args.dataset)
     model = ModelConfig(width=args.width)
     experts = ExpertConfig(num_experts=args.experts, epochs=args.expert_epochs, model=model)
-    # one expert buffer for every seed, as the authors train theirs once
-    experts_dir = str(Path(args.cache) / "experts")
-    Path(experts_dir).mkdir(parents=True, exist_ok=True)
-    trajectory = {"max_start_epoch": args.max_start_epoch, "experts": experts, "experts_dir": experts_dir}
+    # experts and the labeller are kept in each seed's folder (storage_grid gives D3 that folder;
+    # MTT gets it in run_grid), so MTT and D3 share one buffer and one labeller per seed
+    trajectory = {"max_start_epoch": args.max_start_epoch, "experts": experts}
     options = {
         "random": {},
         "dm": {"model": model, "iterations": args.dm_iterations},

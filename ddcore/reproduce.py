@@ -11,11 +11,16 @@ notebook and the cell, unless --keep-going is given.
 `--in-place` executes the committed notebooks with their own defaults (no profile) back into
 notebooks/, their figures into the tracked figures/: the outputs readers and nbval see then come
 from the committed code. Every other run writes figures under results/ and leaves figures/ alone.
+Each notebook executed in place is stamped (metadata "ddcore": {"executed_code": digest}) with a
+digest of its code cells, so a test fails when a code cell is edited without executing it again
+(`source_digest`, `stale_notebooks`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import sys
 import time
@@ -91,6 +96,35 @@ def ipc_kernel_manager():
     return IPCKernelManager
 
 
+def source_digest(nb: dict) -> str:
+    """sha256 of a notebook's code cells (their sources, in order): what executing it depends on
+    besides the library. Outputs, metadata and markdown are left out."""
+    code = [c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in nb["cells"]]
+    kinds = [c["cell_type"] for c in nb["cells"]]
+    payload = json.dumps([src for src, kind in zip(code, kinds) if kind == "code"])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def stamp(path: Path) -> None:
+    """Record in the notebook at `path` the digest of the code its outputs came from."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["ddcore"] = {"executed_code": source_digest(nb)}
+    nbformat.write(nb, path)
+
+
+def stale_notebooks(folder: Path = NOTEBOOKS) -> list[str]:
+    """Notebooks whose code cells differ from the ones their saved outputs were executed from
+    (or that carry no stamp): `make notebooks` (or --in-place --only NAME) makes them current."""
+    stale = []
+    for path in sorted(folder.glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        if nb.get("metadata", {}).get("ddcore", {}).get("executed_code") != source_digest(nb):
+            stale.append(path.stem)
+    return stale
+
+
 def run_notebook(name: str, profile: str | None, out_dir: Path, progress: bool = True) -> Outcome:
     """Execute one notebook with papermill; raise NotebookFailed naming the failing cell.
 
@@ -126,6 +160,7 @@ def run_notebook(name: str, profile: str | None, out_dir: Path, progress: bool =
             f"its partial output is {output}"
         ) from None
     if profile is None:  # only a run that finished replaces the committed notebook
+        stamp(output)
         shutil.copy2(output, NOTEBOOKS / f"{name}.ipynb")
         publish_figures(ROOT / "results" / "figures", ROOT / "figures", since=started)
     return Outcome(name, True, time.perf_counter() - start, output)
@@ -140,11 +175,14 @@ def publish_figures(source: Path, target: Path, since: float) -> list[Path]:
     return copied
 
 
-def summarize_results(out_dir: Path, outcomes: list[Outcome]) -> pd.DataFrame:
-    """One table of every notebook's result rows, plus a status table of the run."""
+def summarize_results(out_dir: Path, outcomes: list[Outcome], results_dir: Path | None = None) -> pd.DataFrame:
+    """One table of every notebook's result rows, plus a status table of the run, into out_dir.
+
+    results_dir: where the notebooks wrote their results files (default out_dir; an in-place run
+    leaves them where the notebooks' own `output_dir` default puts them, results/notebooks)."""
     frames = []
     for o in outcomes:
-        path = out_dir / f"{o.name}.results.json"
+        path = (results_dir or out_dir) / f"{o.name}.results.json"
         if o.ok and path.exists():
             frames.append(pd.DataFrame(load_results(path)["rows"]).assign(notebook=o.name))
     summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["notebook"])
@@ -174,6 +212,8 @@ def reproduce(
         check_choice("notebook", name, available_notebooks())
     out_dir = Path(results_root).resolve() / (profile or "in_place")
     check_writable_dir("results_root", out_dir)
+    # in place, the notebooks write results where their own output_dir default says
+    results_dir = (NOTEBOOKS / ".." / "results" / "notebooks").resolve() if profile is None else None
     outcomes = []
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ({f'profile {profile}' if profile else 'in place'})", flush=True)
@@ -182,10 +222,10 @@ def reproduce(
         except NotebookFailed as err:
             outcomes.append(Outcome(name, False, 0.0, out_dir / f"{name}.ipynb", str(err)))
             if not keep_going:
-                summarize_results(out_dir, outcomes)
+                summarize_results(out_dir, outcomes, results_dir)
                 raise
             print(f"  FAILED: {err}", file=sys.stderr, flush=True)
-    summary = summarize_results(out_dir, outcomes)
+    summary = summarize_results(out_dir, outcomes, results_dir)
     print(f"summary: {out_dir / 'summary.csv'} ({len(summary)} rows)")
     failed = [o for o in outcomes if not o.ok]
     if failed:

@@ -202,3 +202,27 @@ def test_a_mistyped_parameter_stops_a_notebook_early_with_a_clear_error(name, tm
         assert any(o.get("output_type") == "error" for c in first_cells for o in c.get("outputs", [])), (
             f"{name}: {parameter}={value!r} was not caught in the first code cells"
         )
+
+
+def test_in_place_stamps_the_code_its_outputs_came_from(fake_project, monkeypatch):
+    monkeypatch.setattr(rp, "ROOT", fake_project)
+    (fake_project / "figures").mkdir()
+    _notebook(  # the committed notebooks' own default: output_dir = "../results/notebooks"
+        fake_project / "nb" / "10_ok.ipynb",
+        "import pandas as pd\nfrom ddcore.studies.report import save_results\n"
+        "save_results('../results/notebooks', '10_ok', {'value': value}, pd.DataFrame([{'metric': value * 2}]))",
+    )
+    assert rp.stale_notebooks(rp.NOTEBOOKS) == ["10_ok", "11_fails"]  # never executed in place
+    rp.reproduce(None, only=["10_ok"], results_root=fake_project / "results", progress=False)
+    assert rp.stale_notebooks(rp.NOTEBOOKS) == ["11_fails"]
+    summary = pd.read_csv(fake_project / "results" / "in_place" / "summary.csv")
+    assert summary.metric.tolist() == [2]  # the results file the notebook wrote with its own output_dir
+    nb = nbformat.read(rp.NOTEBOOKS / "10_ok.ipynb", as_version=4)
+    nb.cells[-1].source += "\n# an edit after the run"
+    nbformat.write(nb, rp.NOTEBOOKS / "10_ok.ipynb")
+    assert rp.stale_notebooks(rp.NOTEBOOKS) == ["10_ok", "11_fails"]
+
+
+def test_committed_notebooks_were_executed_from_their_code():
+    """A code cell edited without `make notebooks` (or --in-place --only NAME) fails here."""
+    assert rp.stale_notebooks() == []

@@ -180,3 +180,28 @@ def test_plot_claim(tmp_path):
     fig = plot_claim(load_robust_rows([_write(tmp_path / "r.jsonl", rows)]), 10)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["dm\n(2 seeds)", "dm+cm\n(2 seeds)"]
     assert len(fig.axes[1].get_lines()) == 2
+
+
+def test_robust_claim_marks_metrics_at_their_floor_and_dc_against_dc(tmp_path):
+    from ddcore.studies.robust_claim import claim_table, load_robust_rows
+
+    plain = [_robust("dc", s, (0.09, 0.10, 0.11), (0.01, 0.02, 0.01), ipc=1) for s in range(2)]
+    robust = [_robust("dc+target", s, (0.08, 0.09, 0.10), (0.02, 0.01, 0.02), ipc=1) for s in range(2)]
+    table = claim_table(load_robust_rows([_write(tmp_path / "r.jsonl", plain + robust)])).set_index("variant")
+    assert table.loc["dc+target", "rare subgroup"].endswith("at floor")
+    assert not table.loc["dc+target", "average"].endswith("at floor")  # the average has no floor
+    assert table.loc["dc+target", "verdict"].startswith("not supported")
+
+
+def test_render_has_the_d3_section(tmp_path):
+    from ddcore.studies.d3_claim import load_d3_rows
+
+    def row(method, acc, its=None):
+        return {"dataset": "mnist5k_pairs", "classes": 100, "method": method, "budget": 1, "seed": 0,
+                "d3_iterations": its, "iterations": its or 300, "ipc_equivalent": 1.0, "bytes": 313600,
+                "label_mismatch": None, "accuracy": [acc] * 3, "epochs": 300, "width": 32}  # fmt: skip
+
+    d3 = load_d3_rows([_write(tmp_path / "d3.jsonl", [row("random+soft", 0.3), row("dm", 0.35), row("d3", 0.5, 100)])])
+    text = rp.render(rp.load_rows([]), None, d3)
+    assert "### D3: the claim at equal storage" in text
+    assert "| mnist5k_pairs | 100 | 1 |" in text and "| supported |" in text

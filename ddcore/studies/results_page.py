@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..published import published
+from . import d3_claim
 from .robust_claim import claim_table, load_robust_rows, plot_claim
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,24 +138,45 @@ def markdown(body: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in body.itertuples(index=False))
 
 
-def render(rows: pd.DataFrame, robust_rows: pd.DataFrame | None = None) -> str:
-    """The README section's body (markdown): published comparisons, then the robust claim."""
+def render(rows: pd.DataFrame, robust_rows: pd.DataFrame | None = None, d3_rows: pd.DataFrame | None = None) -> str:
+    """The README section's body (markdown): published comparisons, the robust claim, the D3 claim."""
     body = pd.concat([table(rows), not_yet_run(rows)], ignore_index=True)
     text = "### Full data sets, beside the published numbers\n\n"
     text += "No long run has been recorded yet.\n" if body.empty else markdown(body)
     if robust_rows is not None and not robust_rows.empty:
         text += "\n### Robust distillation: the claim on the rare-subgroup benchmark\n\n" + ROBUST_NOTE
         text += markdown(claim_table(robust_rows))
+    if d3_rows is not None and not d3_rows.empty:
+        text += "\n### D3: the claim at equal storage\n\n" + D3_NOTE
+        text += "\nThe claim, D3 (its longest run) against each baseline on the seeds both have:\n\n"
+        text += markdown(d3_claim.claim_table(d3_rows))
+        text += "\nEvery method at equal budgets (`IPC-eq. used`: the storage the set actually takes):\n\n"
+        text += markdown(d3_claim.storage_table(d3_rows))
+        text += "\nD3's learning curve:\n\n" + markdown(d3_claim.curve_table(d3_rows))
     return text
 
 
 ROBUST_NOTE = (
-    "Rows: `bench/robust_table.py` (see its docstring for each variant), mnist5k with 10% of each class "
-    "inverted, ConvNet-3 width 32, DSA, 128 real images per class, 300 DM iterations (lr 1), 300 student "
-    "epochs; a cell pools every student of the variant's distillation seeds and compares with plain DM on "
-    "the same seeds (mean, population sd); plain -> robust (difference, noise = "
-    "sqrt(sd_plain^2 + sd_robust^2)); images moved: mean ||final - initial|| / ||initial||. Claim: rare "
-    "subgroup and cluster min up beyond noise, average down at most 1 point.\n\n"
+    "Rows: `bench/robust_table.py` (its docstring defines each variant; `@alpha0.5` / `@k5` mark a swept CVaR "
+    "level / number of K-means clusters), mnist5k with 10% of each class inverted, ConvNet-3 width 32, DSA, "
+    "128 real images per class, DM (lr 1) and DC for the iterations listed, 300 student epochs; a cell pools "
+    "every student of the variant's distillation seeds and compares with its plain method (DM or DC) on the "
+    "same seeds (mean, population sd); plain -> robust (difference, noise = sqrt(sd_plain^2 + sd_robust^2)); "
+    "'at floor': plain and robust both at or below chance (10%), where no difference means anything; images "
+    "moved: mean ||final - initial|| / ||initial||. Claim: rare subgroup and cluster min up beyond noise, "
+    "average down at most 1 point. Figures: `figures/robust_<benchmark>_w32_ipc<IPC>_claim.png`.\n\n"
+)
+D3_NOTE = (
+    "Rows: `bench/d3_table.py` (command in each row's `settings`), ConvNet-3 width 32 students, 300 epochs, "
+    "final-epoch accuracy, mean +- sd (population) over all students of the seeds. D3 is the authors' "
+    "objective (trajectory matching + MMD as two optimizer steps, their learning rates, latent 64, 24 decoded "
+    "images per class in the MMD against 32 real), with the widest decoder that fits the budget; experts: 3 "
+    "per seed x 8 epochs (start epoch <= 4, 2 epochs ahead), labeller: 20 epochs on the training set; DM 300 "
+    "iterations, MTT as listed. `random+soft` and D3 take their soft labels from the same labeller; `d3+hard` "
+    "is the same D3 set with its priors' classes; `label mismatch`: the share of priors whose soft label's "
+    "argmax is not their class. `mnist5k_pairs`: 100 classes (two mnist5k digits side by side, 100 training "
+    "images per class), the task where many classes share one decoder. Verdict: supported when D3 is better "
+    "than both random+soft and DM beyond noise. Figures: `figures/d3_<data set>_w32_storage.png`.\n"
 )
 
 
@@ -228,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     text = readme.read_text()
     rows = load_rows(sorted(RUNS.glob("*_published.rows.jsonl")))
     robust_rows = load_robust_rows(sorted(RUNS.glob("robust_*.rows.jsonl")))
-    new = replace_section(text, render(rows, robust_rows))
+    d3_rows = d3_claim.load_d3_rows(sorted(RUNS.glob("d3_*.rows.jsonl")))
+    new = replace_section(text, render(rows, robust_rows, d3_rows))
     if args.check:
         if new != text:
             print("README.md's results section is stale: run python -m ddcore.studies.results_page", file=sys.stderr)
@@ -246,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     for (bench, width, ipc), g in groups:
         name = f"robust_{bench}_w{width}_ipc{ipc}_claim.png"  # the scale in the name
         plot_claim(g, int(ipc)).savefig(ROOT / "figures" / name, dpi=110, bbox_inches="tight")
+    for dataset in sorted(d3_rows.dataset.unique()) if not d3_rows.empty else []:
+        fig = d3_claim.plot_d3(d3_rows, dataset)
+        fig.savefig(ROOT / "figures" / f"d3_{dataset}_w32_storage.png", dpi=110, bbox_inches="tight")
     return 0
 
 

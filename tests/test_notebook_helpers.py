@@ -134,6 +134,12 @@ def test_d3_conclusion_and_sweep_conclusion():
     assert "vs the best image method (dm): -10.0" in text
     assert "D3 is not monotone in its budget here: more storage gave a worse set at budget 2." in text
     assert "The labeller reaches 90.7% on the test set: soft labels carry its mistakes." in text
+    assert "sits at chance" not in text
+    at_chance = results.copy()
+    at_chance.loc[at_chance.method == "d3", "accuracy"] = 0.105
+    at_chance["label_mismatch"] = 0.9
+    text = cl.d3_conclusion(at_chance, labeller_accuracy=97.0)
+    assert "budget 2: D3 sits at chance (10%), the floor" in text and "90% of the priors' mean images" in text
     sweep = pd.DataFrame(
         [
             {"swept": s, "value": v, "accuracy": a, "ipc_equivalent": e}
@@ -147,7 +153,8 @@ def test_d3_conclusion_and_sweep_conclusion():
     )
     text = cl.sweep_conclusion(sweep, {"lpc": 2, "latent_dim": 16})
     assert "lpc 1 vs 2: +10.0 (noise 0.0, better); storage 1.00 vs 2.00" in text
-    assert "latent_dim 4 vs 16: -10.0" in text
+    assert "latent_dim 4 vs 16: -10.0" in text and "sits at chance" not in text
+    assert "Every variant sits at chance (10%)" in cl.sweep_conclusion(sweep.assign(accuracy=0.1), {"lpc": 2})
     fig = sweep_plot(sweep, "t")
     assert len(fig.axes) == 1 and fig.axes[0].get_xlabel().startswith("storage")
     fig = accuracy_vs_storage(results.assign(ipc_equivalent=results.budget), "t", upper=(97.0, "labeller"))

@@ -281,10 +281,14 @@ def _headroom_lines(results: pd.DataFrame, chance: float) -> list[str]:
 
 
 # --- notebook 03 ---
-def d3_conclusion(results: pd.DataFrame, labeller_accuracy: float, good_labeller: float = 95.0) -> str:
+def d3_conclusion(
+    results: pd.DataFrame, labeller_accuracy: float, good_labeller: float = 95.0, num_classes: int = 10
+) -> str:
     """Notebook 03: D3 against random+soft (the representation's gain) and against the best image
     method at each budget, whether D3 rises with its budget, how much of it D3 uses, and the labeller.
-    labeller_accuracy in %."""
+    labeller_accuracy in %. A D3 set within 2 points of chance (100 / num_classes) gets a sentence
+    saying it sits at that floor (with its label mismatch, when the rows carry it): a set that has
+    not left its initialisation says nothing about the method."""
     lines = []
     budgets = sorted(int(b) for b in results.budget.unique())
     d3 = results[results.method == "d3"]
@@ -305,6 +309,20 @@ def d3_conclusion(results: pd.DataFrame, labeller_accuracy: float, good_labeller
             c = compare(s.loc[(best, b), "accuracy_mean"], s.loc[(best, b), "accuracy_std"], v["mean"], v.sd)
             line += f"; vs the best image method ({best}): {c}"
         lines.append(line + f"; D3 keeps {used:.2f} of its {b} IPC-equivalents.")
+        if v["mean"] <= 100 / num_classes + 2:
+            cell = d3[d3.budget == b]
+            mismatch = cell.label_mismatch.iloc[0] if "label_mismatch" in cell else None
+            lines.append(
+                f"  budget {b}: D3 sits at chance ({100 / num_classes:.0f}%), the floor: its decoder has not left"
+                " its initialisation at these iterations"
+                + (
+                    f" (the labeller gives {100 * mismatch:.0f}% of the priors' mean images another class than"
+                    " their own)"
+                    if mismatch is not None and pd.notna(mismatch)
+                    else ""
+                )
+                + "; this says nothing about D3 at the authors' iterations (see the README's D3 learning curve)."
+            )
     lines += _monotone_lines(s, [b for b in budgets if ("d3", b) in s.index])
     words = (
         "soft labels carry its mistakes"
@@ -338,9 +356,10 @@ def _monotone_lines(s: pd.DataFrame, budgets: list[int]) -> list[str]:
     return lines
 
 
-def sweep_conclusion(sweep: pd.DataFrame, base: dict[str, int]) -> str:
+def sweep_conclusion(sweep: pd.DataFrame, base: dict[str, int], num_classes: int = 10) -> str:
     """Notebook 03's sweep: each value of each swept setting against the setting's base value
-    (base: e.g. {'lpc': 2, 'latent_dim': 16}, the run both sweeps share), with storage."""
+    (base: e.g. {'lpc': 2, 'latent_dim': 16}, the run both sweeps share), with storage. When every
+    variant is within 2 points of chance, a last line says the sweep sits at that floor."""
     lines = []
     for name, rows in sweep.groupby("swept", sort=False):
         s = summarize(rows, ("accuracy",), by=("value",)).set_index("value")
@@ -360,4 +379,10 @@ def sweep_conclusion(sweep: pd.DataFrame, base: dict[str, int]) -> str:
             lines.append(
                 f"{name} {value} vs {ref}: {c}; storage {storage[value]:.2f} vs {storage[ref]:.2f} IPC-equivalents"
             )
+    means = sweep.groupby(["swept", "value"]).accuracy.mean() * 100
+    if len(means) and means.max() <= 100 / num_classes + 2:
+        lines.append(
+            f"Every variant sits at chance ({100 / num_classes:.0f}%): at these iterations the sweep cannot tell"
+            " the settings apart."
+        )
     return "\n".join(lines)

@@ -133,6 +133,14 @@ def test_conclusions_are_computed_from_the_tables(runs):
     assert "more than the cores allow" in fx.conclusion_text(table, acc, fx.speedup(table, 2, 2, cores=1))
     flat = fx.accuracy_table(_results({1: [0.5, 0.7], 5: [0.55, 0.65]}))
     assert "within the students' spread" in fx.conclusion_text(table, flat, None)
+    assert "At chance" not in fx.conclusion_text(table, acc, None, num_classes=10)
+    base = pd.DataFrame(
+        {"subtasks": [1, 5], "random_ipc": [2, 14], "random_mean": [80.0, 95.0], "random_std": [1.0, 0]}
+    )
+    text = fx.conclusion_text(table, acc, None, baseline=base)
+    assert "S=1 vs random real at ipc 2 (the same storage): -20.0" in text and "S=5 vs random real at ipc 14" in text
+    chance = fx.accuracy_table(_results({1: [0.12, 0.12], 2: [0.09, 0.1], 5: [0.5, 0.6]}))
+    assert "At chance (10%), the floor: S=1, S=2." in fx.conclusion_text(table, chance, None, num_classes=10)
 
 
 def test_conclusions_flag_reused_runs(runs):
@@ -153,6 +161,15 @@ def test_evaluate_runs_gives_accuracy_per_subtask_and_same_sets():
     assert results.loc[1, [f"group_{i}" for i in range(5)]].between(0, 1).all()
     assert fx.same_sets(sets) == {2: True}
     assert fx.same_sets({**sets, (2, 1): _aggregated(2)}) == {2: False}
+
+
+def test_equal_storage_baseline_uses_the_storage_of_each_s():
+    digits = load_dataset("digits")
+    table = pd.DataFrame({"subtasks": [1, 2], "workers": [2, 2], "ipc_equivalent": [0.4, 2.9]})
+    cfg = EvalConfig(model=ModelConfig(width=8), train=TrainConfig(epochs=2), num_nets=2)
+    base = fx.equal_storage_baseline(table, digits, cfg)
+    assert base.random_ipc.tolist() == [1, 2]  # rounded down, at least one image per class
+    assert base.random_mean.between(0, 100).all() and (base.random_std >= 0).all()
 
 
 def test_figures_have_their_axes(runs):

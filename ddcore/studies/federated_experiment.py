@@ -152,6 +152,24 @@ def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def equal_storage_baseline(
+    table: pd.DataFrame, dataset: Dataset, eval_cfg: EvalConfig, seed: int = 0, device=None
+) -> pd.DataFrame:
+    """A random real subset (hard labels) with as many images per class as each S's set stores in
+    IPC-equivalents (rounded down, at least 1), evaluated like the aggregated sets: what the same
+    bytes buy without any distillation. One row per S: subtasks, ipc, accuracy (%) mean and sd."""
+    from ..distill import distill
+
+    rows = []
+    main = table[table.workers == table.workers.max()].sort_values("subtasks")
+    for s, ipc_eq in zip(main.subtasks, main.ipc_equivalent):
+        ipc = max(1, math.floor(ipc_eq))
+        syn = distill("random", dataset, ipc, seed=seed, progress=False)
+        acc = evaluate_synthetic(syn, dataset, eval_cfg, seed=seed, device=device, progress=False).accuracy * 100
+        rows.append({"subtasks": int(s), "random_ipc": ipc, "random_mean": acc.mean(), "random_std": acc.std(ddof=0)})
+    return pd.DataFrame(rows)
+
+
 def subtask_accuracy(results: pd.DataFrame, sets: dict) -> pd.DataFrame:
     """One row per (S, subtask): its classes and the accuracy on their test images (percent,
     mean and sd over students)."""
@@ -208,10 +226,31 @@ def speedup(table: pd.DataFrame, subtasks: int, nproc: int, cores: int | None = 
 
 
 # --- Conclusions, computed from the tables ---
-def conclusion_text(table: pd.DataFrame, accuracy: pd.DataFrame, speed: dict | None) -> str:
-    """What the numbers say, sentence by sentence; nothing in it is decided in advance."""
+def conclusion_text(
+    table: pd.DataFrame,
+    accuracy: pd.DataFrame,
+    speed: dict | None,
+    num_classes: int | None = None,
+    baseline: pd.DataFrame | None = None,
+) -> str:
+    """What the numbers say, sentence by sentence; nothing in it is decided in advance.
+
+    baseline: `equal_storage_baseline`'s table; each S is then compared with random real images at its
+    storage. num_classes: when given, every S whose accuracy is within 2 points of chance is named as sitting
+    at that floor, and an accuracy difference between S values is not read as an effect of S."""
     main = table[table.workers == table.workers.max()].sort_values("subtasks")
     lines = [_time_line(main), _memory_line(main), _storage_line(main), _accuracy_line(accuracy)]
+    if baseline is not None:
+        lines.append(_baseline_line(accuracy, baseline))
+    if num_classes is not None:
+        chance = 100 / num_classes
+        floor = accuracy[accuracy.accuracy_mean <= chance + 2].sort_values("subtasks")
+        if len(floor):
+            lines.append(
+                f"At chance ({chance:.0f}%), the floor: S={', S='.join(str(s) for s in floor.subtasks)}. Such a set"
+                " has not left its initialisation at these iterations; its accuracy says nothing about splitting"
+                " the classes, and a difference between S values there is noise."
+            )
     if speed is not None:
         lines.append(_speedup_line(speed))
     if table.reused.any():
@@ -269,6 +308,15 @@ def _accuracy_line(acc: pd.DataFrame) -> str:
         f"Accuracy of the aggregated set: {each}; S={last.subtasks} minus S={first.subtasks}: {diff:+.1f} "
         f"points, {verdict} the students' spread ({noise:.1f})."
     )
+
+
+def _baseline_line(acc: pd.DataFrame, baseline: pd.DataFrame) -> str:
+    parts = []
+    for b in baseline.itertuples():
+        a = acc[acc.subtasks == b.subtasks].iloc[0]
+        c = compare(b.random_mean, b.random_std, a.accuracy_mean, a.accuracy_std)
+        parts.append(f"S={b.subtasks} vs random real at ipc {b.random_ipc} (the same storage): {c}")
+    return "At equal storage: " + "; ".join(parts) + "."
 
 
 def _speedup_line(speed: dict) -> str:

@@ -52,6 +52,8 @@ def run_grid(data, budgets, methods, d3_options, args, seed, iterations):
         cache_dir=cache,
         hard_labels=True,
     )
+    changed = [f"{k}{v:g}" for k, v in d3_options.items() if k in ("lr_prior", "lr_decoder")]
+    suffix = "@" + ",".join(changed) if changed else ""
     records = []
     for (method, budget), cell in df.groupby(["method", "budget"], sort=False):
         syn = sets[(method, budget)]
@@ -59,7 +61,10 @@ def run_grid(data, budgets, methods, d3_options, args, seed, iterations):
             {
                 "dataset": data.name,
                 "classes": data.num_classes,
-                "method": method,
+                # D3 at other than D3Config's rates is named apart, so it never mixes with the claim's rows
+                "method": method + suffix if method.startswith("d3") else method,
+                "lr_prior": d3_options.get("lr_prior") if method.startswith("d3") else None,
+                "lr_decoder": d3_options.get("lr_decoder") if method.startswith("d3") else None,
                 "budget": int(budget),
                 "seed": seed,
                 "d3_iterations": iterations if method.startswith("d3") else None,
@@ -105,6 +110,8 @@ def main():
     parser.add_argument("--max-start-epoch", type=int, default=4)
     parser.add_argument("--labeller-epochs", type=int, default=20)
     parser.add_argument("--latent-dim", type=int, default=64)
+    parser.add_argument("--d3-lr-prior", type=float, default=None, help="D3's prior rate (default D3Config's)")
+    parser.add_argument("--d3-lr-decoder", type=float, default=None, help="D3's decoder rate (default D3Config's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default="results/d3")
     args = parser.parse_args()
@@ -122,6 +129,8 @@ def main():
     }
     methods = {name: options[name] for name in args.methods}
     d3_options = {"latent_dim": args.latent_dim, **trajectory}
+    rates = {"lr_prior": args.d3_lr_prior, "lr_decoder": args.d3_lr_decoder}
+    d3_options.update({k: v for k, v in rates.items() if v is not None})
     rows = Path(args.cache) / "rows.jsonl"
     rows.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

@@ -111,15 +111,17 @@ def claim_verdict(words: list[str]) -> str:
 
 
 def curve_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """D3's accuracy against its distillation iterations, per (data set, budget)."""
-    d3 = rows[rows.method == "d3"]
+    """D3's accuracy against its distillation iterations, per (data set, budget, D3 variant: 'd3' at
+    D3Config's rates, 'd3@lr_prior..,lr_decoder..' at others)."""
+    d3 = rows[rows.method.str.startswith("d3") & ~rows.method.str.startswith("d3+hard")]
     lines = []
-    for (dataset, budget, its), g in d3.groupby(["dataset", "budget", "d3_iterations"]):
+    for (dataset, budget, method, its), g in d3.groupby(["dataset", "budget", "method", "d3_iterations"]):
         mean, sd, seeds, students = _pool(g)
         lines.append(
             {
                 "data set": dataset,
                 "budget": int(budget),
+                "D3 variant": method,
                 "D3 iterations": int(its),
                 "accuracy (%)": f"{mean:.1f} +- {sd:.1f}",
                 "seeds x students": f"{seeds} x {students // max(seeds, 1)}",
@@ -130,13 +132,15 @@ def curve_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def plot_d3(rows: pd.DataFrame, dataset: str):
     """Left: accuracy against the storage each set uses (mean +- sd over students of all seeds);
-    right: D3's accuracy against distillation iterations, one line per budget, with random+soft
-    at the same budget as a dashed line."""
+    right: D3's accuracy against distillation iterations, one line per (D3 variant, budget), with
+    random+soft at the same budget as a dashed line."""
     import matplotlib.pyplot as plt
 
     rows = rows[rows.dataset == dataset]
     fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, method in enumerate(m for m in ORDER if m in set(rows.method)):
+    present = set(rows.method)
+    methods = [m for m in ORDER if m in present] + sorted(present - set(ORDER))
+    for i, method in enumerate(methods):
         g = final_rows(rows)
         g = g[g.method == method]
         stats = [(float(c.ipc_equivalent.iloc[0]), *_pool(c)[:2]) for _, c in g.groupby("budget")]
@@ -149,11 +153,14 @@ def plot_d3(rows: pd.DataFrame, dataset: str):
         title=f"{dataset}: accuracy against storage",
     )
     ax.legend(fontsize=8)
-    d3 = rows[rows.method == "d3"]
-    for i, (budget, g) in enumerate(d3.groupby("budget")):
-        stats = [(its, *_pool(c)[:2]) for its, c in g.groupby("d3_iterations")]
-        x, mean, sd = map(np.array, zip(*stats))
-        ax_curve.errorbar(x, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"D3, budget {budget}")
+    d3 = rows[rows.method.str.startswith("d3") & ~rows.method.str.startswith("d3+hard")]
+    for i, (budget, by_budget) in enumerate(d3.groupby("budget")):
+        for j, (method, g) in enumerate(by_budget.groupby("method")):
+            stats = [(its, *_pool(c)[:2]) for its, c in g.groupby("d3_iterations")]
+            x, mean, sd = map(np.array, zip(*stats))
+            ax_curve.errorbar(
+                x, mean, yerr=sd, marker="os^"[j % 3], capsize=3, color=f"C{i}", label=f"{method}, budget {budget}"
+            )
         soft = rows[(rows.method == "random+soft") & (rows.budget == budget)]
         if not soft.empty:
             ax_curve.axhline(_pool(soft)[0], color=f"C{i}", ls="--", label=f"random+soft, budget {budget}")

@@ -205,3 +205,16 @@ def test_render_has_the_d3_section(tmp_path):
     text = rp.render(rp.load_rows([]), None, d3)
     assert "### D3: the claim at equal storage" in text
     assert "| mnist5k_pairs | 100 | 1 |" in text and "| supported |" in text
+
+
+def test_robust_claim_keeps_runs_of_different_lengths_apart(tmp_path):
+    from ddcore.studies.robust_claim import claim_table, load_robust_rows, plot_claim
+
+    short = [_robust(v, 0, r, r) for v, r in (("dm", (0.5,) * 3), ("dm+dl", (0.8,) * 3))]
+    long = [{**_robust(v, 0, r, r), "iterations": 1000} for v, r in (("dm", (0.6,) * 3), ("dm+dl", (0.6,) * 3))]
+    rows = load_robust_rows([_write(tmp_path / "r.jsonl", short + long)])
+    table = claim_table(rows)
+    assert table.iterations.tolist() == [300, 1000]
+    assert table.verdict.tolist()[0] == "supported" and table.verdict.tolist()[1].startswith("not supported")
+    labels = [t.get_text() for t in plot_claim(rows, 10).axes[0].get_xticklabels()]
+    assert "dm\n300 it.\n(1 seed)" in labels and "dm+dl\n1000 it.\n(1 seed)" in labels

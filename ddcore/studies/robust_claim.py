@@ -31,17 +31,17 @@ def load_robust_rows(paths: list[Path]) -> pd.DataFrame:
 
 
 def pooled(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (benchmark, variant, ipc): mean and population sd (%) of each metric over all students of
-    all seeds, the seeds, and how far the images moved from their initialisation."""
+    """Per (benchmark, variant, ipc, iterations): mean and population sd (%) of each metric over all
+    students of all seeds, the seeds, and how far the images moved from their initialisation."""
     out = []
-    for (bench, variant, ipc), g in rows.groupby(["benchmark", "variant", "ipc"], sort=False):
+    for (bench, variant, ipc, its), g in rows.groupby(["benchmark", "variant", "ipc", "iterations"], sort=False):
         line = {
             "benchmark": bench,
             "variant": variant,
             "ipc": ipc,
             "seeds": len(g),
             "students": int(sum(len(a) for a in g.accuracy)),
-            "iterations": int(g.iterations.max()),
+            "iterations": int(its),
             "moved": float(g.moved_relative.mean()),
         }
         for m in METRICS:
@@ -52,14 +52,16 @@ def pooled(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each robust variant against its plain method ('dm+cm' against 'dm'), per ipc, on the same
-    distillation seeds (seeds differ by more than the variants sometimes do), with a verdict."""
+    """Each robust variant against its plain method ('dm+cm' against 'dm'), per ipc and number of
+    iterations, on the same distillation seeds (seeds differ by more than the variants sometimes
+    do), with a verdict."""
     if rows.empty:
         return pd.DataFrame()
     lines = []
-    for (bench, variant, ipc), g in rows.groupby(["benchmark", "variant", "ipc"], sort=False):
+    for (bench, variant, ipc, its), g in rows.groupby(["benchmark", "variant", "ipc", "iterations"], sort=False):
         base = variant.split("+")[0]
-        plain = rows[(rows.benchmark == bench) & (rows.variant == base) & (rows.ipc == ipc) & rows.seed.isin(g.seed)]
+        same_cell = (rows.benchmark == bench) & (rows.ipc == ipc) & (rows.iterations == its)
+        plain = rows[same_cell & (rows.variant == base) & rows.seed.isin(g.seed)]
         if variant == base or plain.seed.nunique() < g.seed.nunique():
             continue
         b, r = pooled(plain).iloc[0], pooled(g).iloc[0]
@@ -82,7 +84,7 @@ def claim_table(rows: pd.DataFrame) -> pd.DataFrame:
         lines.append(line)
     if not lines:
         return pd.DataFrame()
-    return pd.DataFrame(lines).sort_values(["benchmark", "IPC"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(lines).sort_values(["benchmark", "IPC", "iterations"], kind="stable").reset_index(drop=True)
 
 
 def claim_verdict(diffs: dict, floor: set[str] = frozenset()) -> str:
@@ -114,19 +116,20 @@ def plot_claim(rows: pd.DataFrame, ipc: int):
     for i, (m, name) in enumerate(METRICS.items()):
         x = np.arange(len(stats)) + (i - 1) * width
         ax.bar(x, stats[f"{m}_mean"], width, yerr=stats[f"{m}_sd"], capsize=3, label=name)
-    ax.set_xticks(
-        np.arange(len(stats)),
-        [f"{v.replace('@', chr(10) + '@')}\n({n} seed{'s' * (n > 1)})" for v, n in zip(stats.variant, stats.seeds)],
-        fontsize=8,
-    )
+    several = stats.iterations.nunique() > 1  # then each label says its iterations
+    labels = [
+        v.replace("@", "\n@") + (f"\n{its} it." if several else "") + f"\n({n} seed{'s' * (n > 1)})"
+        for v, its, n in zip(stats.variant, stats.iterations, stats.seeds)
+    ]
+    ax.set_xticks(np.arange(len(stats)), labels, fontsize=8)
     ax.axhline(FLOOR, color="grey", lw=0.8, ls=":")
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"IPC {ipc}: mean +- sd over all students of the seeds")
     ax.legend(fontsize=8)
-    for variant, g in rows.groupby("variant", sort=False):
-        curves = [pd.Series({it: loss for it, loss in losses}) for losses in g.losses if len(losses)]
+    for (variant, its), g in rows.groupby(["variant", "iterations"], sort=False):
+        curves = [pd.Series(dict(losses)) for losses in g.get("losses", []) if isinstance(losses, list) and losses]
         if curves:
             mean = pd.concat(curves, axis=1).mean(axis=1).rolling(20, min_periods=1).mean()
-            ax_loss.plot(mean.index, mean / mean.iloc[0], label=variant)
+            ax_loss.plot(mean.index, mean / mean.iloc[0], label=variant + (f", {its} it." if several else ""))
     ax_loss.set(xlabel="distillation iteration", ylabel="loss / first (20-it. mean)", title="distillation loss")
     ax_loss.legend(fontsize=8)
     fig.tight_layout()

@@ -236,7 +236,7 @@ def conclusion_text(
     """What the numbers say, sentence by sentence; nothing in it is decided in advance.
 
     baseline: `equal_storage_baseline`'s table; each S is then compared with random real images at its
-    storage. num_classes: when given, every S whose accuracy is within 2 points of chance is named as sitting
+    storage. num_classes: when given, every S whose accuracy is within 5 points of chance is named as sitting
     at that floor, and an accuracy difference between S values is not read as an effect of S."""
     main = table[table.workers == table.workers.max()].sort_values("subtasks")
     lines = [_time_line(main), _memory_line(main), _storage_line(main), _accuracy_line(accuracy)]
@@ -244,7 +244,7 @@ def conclusion_text(
         lines.append(_baseline_line(accuracy, baseline))
     if num_classes is not None:
         chance = 100 / num_classes
-        floor = accuracy[accuracy.accuracy_mean <= chance + 2].sort_values("subtasks")
+        floor = accuracy[accuracy.accuracy_mean <= chance + 5].sort_values("subtasks")
         if len(floor):
             lines.append(
                 f"At chance ({chance:.0f}%), the floor: S={', S='.join(str(s) for s in floor.subtasks)}. Such a set"

@@ -60,12 +60,17 @@ def test_d3_within_noise_or_below_is_not_supported(tmp_path):
             _row("d3", acc=(0.46,) * 3, d3_iterations=9),
         ],
     )
-    assert dc.claim_table(within).verdict.item() == "not supported (within noise of a baseline)"
+    assert dc.claim_table(within).verdict.item() == "not shown at 9 of the authors' 8,000 iterations"
+    assert dc.claim_verdict(["within noise", "better"], 8000) == "not supported (within noise of a baseline)"
+    assert dc.claim_verdict(["worse", "better"], 9000, classes=10).endswith(
+        "(10 classes: the control, not the claim's setting)"
+    )
     below = _rows(
         tmp_path,
         [_row("random+soft", acc=(0.6,) * 3), _row("dm", acc=(0.3,) * 3), _row("d3", acc=(0.4,) * 3, d3_iterations=9)],
     )
-    assert dc.claim_table(below).verdict.item().startswith("not supported (D3 below")
+    assert dc.claim_table(below).verdict.item().startswith("not shown at 9 of")
+    assert dc.claim_verdict(["worse", "better"], 8000).startswith("not supported (D3 below")
 
 
 def test_baseline_on_other_seeds_only_is_not_yet_run(tmp_path):

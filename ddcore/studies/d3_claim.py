@@ -18,6 +18,8 @@ from ..verdicts import compare
 
 CELL = ["dataset", "method", "budget", "seed", "d3_iterations", "epochs", "width"]
 BASELINES = ("random+soft", "dm")  # what D3 must beat at equal storage
+AUTHORS_ITERATIONS = 8000  # the fewest D3 iterations in the authors' runs (FACTS.md)
+MANY_CLASSES = 100  # the claim is about many classes sharing a decoder; fewer classes are the control
 ORDER = ("random", "random+soft", "dm", "mtt", "d3", "d3+hard")
 
 
@@ -90,24 +92,32 @@ def claim_table(rows: pd.DataFrame) -> pd.DataFrame:
             ours = d3[d3.seed.isin(b.seed)]
             (mb, sb, _, _), (md, sd, seeds, _) = _pool(b), _pool(ours)
             c = compare(mb, sb, md, sd)
-            line[f"D3 vs {base}"] = f"{md:.1f} vs {mb:.1f} ({c.diff:+.1f}, noise {c.noise:.1f}; {seeds} seeds)"
+            line[f"D3 vs {base}"] = (
+                f"{md:.1f} vs {mb:.1f} ({c.diff:+.1f}, noise {c.noise:.1f}; {seeds} seed{'s' * (seeds > 1)})"
+            )
             words.append(c.word)
         line["D3 iterations"] = int(d3.d3_iterations.max())
-        line["verdict"] = claim_verdict(words)
+        line["verdict"] = claim_verdict(words, line["D3 iterations"], line["classes"])
         lines.append(line)
     return pd.DataFrame(lines)
 
 
-def claim_verdict(words: list[str]) -> str:
-    """'supported' when D3 is better beyond noise than every baseline; 'not supported' when it is
-    worse than one or within noise; 'not yet run' when a baseline is missing."""
+def claim_verdict(words: list[str], iterations: int = AUTHORS_ITERATIONS, classes: int = MANY_CLASSES) -> str:
+    """'supported' when D3 is better beyond noise than every baseline; otherwise 'not shown at N of
+    the authors' iterations' when D3 ran fewer than AUTHORS_ITERATIONS (an undertrained D3 says
+    nothing against the claim), else 'not supported' (worse than a baseline, or within noise);
+    'not yet run' when a baseline is missing. Fewer than MANY_CLASSES classes is marked as the
+    control: the claim is about many classes sharing one decoder."""
+    control = f" ({classes} classes: the control, not the claim's setting)" if classes < MANY_CLASSES else ""
     if "not yet run" in words:
         return "not yet run"
     if all(w == "better" for w in words):
-        return "supported"
+        return "supported" + control
+    if iterations < AUTHORS_ITERATIONS:
+        return f"not shown at {iterations} of the authors' {AUTHORS_ITERATIONS:,} iterations" + control
     if any(w == "worse" for w in words):
-        return "not supported (D3 below a baseline beyond noise)"
-    return "not supported (within noise of a baseline)"
+        return "not supported (D3 below a baseline beyond noise)" + control
+    return "not supported (within noise of a baseline)" + control
 
 
 def curve_table(rows: pd.DataFrame) -> pd.DataFrame:

@@ -156,9 +156,10 @@ def plot_d3(rows: pd.DataFrame, dataset: str):
         stats = [(float(c.ipc_equivalent.iloc[0]), *_pool(c)[:2]) for _, c in g.groupby("budget")]
         x, mean, sd = map(np.array, zip(*stats))
         ax.errorbar(x, mean, yerr=sd, marker="os^vDx"[i % 6], capsize=3, label=method)
+    wide = rows.ipc_equivalent.max() > 5 * rows.ipc_equivalent.min()  # a log axis only for a wide range
     ax.set(
-        xscale="log",
-        xlabel="storage used (IPC-equivalents, log)",
+        xscale="log" if wide else "linear",
+        xlabel="storage used (IPC-equivalents" + (", log)" if wide else ")"),
         ylabel="test accuracy (%)",
         title=f"{dataset}: accuracy against storage",
     )

@@ -164,7 +164,9 @@ ROBUST_NOTE = (
     "same seeds (mean, population sd); plain -> robust (difference, noise = sqrt(sd_plain^2 + sd_robust^2)); "
     "'at floor': plain and robust both at or below chance (10%), where no difference means anything; images "
     "moved: mean ||final - initial|| / ||initial||. Claim: rare subgroup and cluster min up beyond noise, "
-    "average down at most 1 point. Figures: `figures/robust_<benchmark>_w32_ipc<IPC>_claim.png`.\n\n"
+    "average down at most 1 point. At IPC 1 the Voronoi cells of dm+dl and dc+target are one cell per class "
+    "(one image each), where their risk is a single CVaR near the mean: K-means clusters (dm+cm, dc+km) are "
+    "the robust variants that can act there. Figures: `figures/robust_<benchmark>_w32_ipc<IPC>_claim.png`.\n\n"
 )
 D3_NOTE = (
     "Rows: `bench/d3_table.py` (command in each row's `settings`), ConvNet-3 width 32 students, 300 epochs, "

@@ -49,6 +49,10 @@ def test_d3_better_than_both_baselines_is_supported(tmp_path):
     assert claim["D3 iterations"].item() == 500
     curve = dc.curve_table(rows)
     assert list(curve["D3 iterations"]) == [40, 500]
+    fast = _rows(tmp_path, [_row("d3", d3_iterations=500), _row("d3@lr_prior0.01", d3_iterations=150)])
+    table = dc.storage_table(fast)
+    assert set(table.method) == {"d3", "d3@lr_prior0.01"} and set(table.iterations) == {500, 150}
+    assert len(dc.plot_d3(fast, "mnist5k_pairs").axes[0].get_lines()) >= 2
 
 
 def test_d3_within_noise_or_below_is_not_supported(tmp_path):

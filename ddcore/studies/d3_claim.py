@@ -40,9 +40,9 @@ def _pool(g: pd.DataFrame) -> tuple[float, float, int, int]:
 
 
 def final_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the grid: baselines, and D3 at the longest run of each (data set, budget)."""
+    """The rows of the grid: baselines, and each D3 variant at its longest run per (data set, budget)."""
     d3 = rows.method.str.startswith("d3")
-    longest = rows[d3].groupby(["dataset", "budget"]).d3_iterations.transform("max")
+    longest = rows[d3].groupby(["dataset", "budget", "method"]).d3_iterations.transform("max")
     keep = ~d3
     keep[d3] = rows.loc[d3, "d3_iterations"] == longest
     return rows[keep]
@@ -154,6 +154,8 @@ def plot_d3(rows: pd.DataFrame, dataset: str):
         g = final_rows(rows)
         g = g[g.method == method]
         stats = [(float(c.ipc_equivalent.iloc[0]), *_pool(c)[:2]) for _, c in g.groupby("budget")]
+        if not stats:
+            continue
         x, mean, sd = map(np.array, zip(*stats))
         ax.errorbar(x, mean, yerr=sd, marker="os^vDx"[i % 6], capsize=3, label=method)
     wide = rows.ipc_equivalent.max() > 5 * rows.ipc_equivalent.min()  # a log axis only for a wide range

@@ -2,7 +2,8 @@
 against the machine's own fp32 matmul rate (issue #7). Run by hand on a quiet machine, never in CI:
 
     python bench/run.py [--device cpu|cuda] [--quick] [--only dm dc ...] [--out results/bench]
-                        [--threads N] [--repeats 5] [--shapes mnist5k] [--ipcs 1 10] [--list]
+                        [--threads N] [--repeats 5] [--shapes mnist5k] [--ipcs 1 10] [--tables main memory]
+                        [--list]
 
 Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults: the
 group-robust risk inside the matching target, dc_risk='target'; chunk_size only acts on the
@@ -14,11 +15,14 @@ GFLOP/s compares with eval's, one student at a time), each with ConvNet-3 width 
 256 real images per class, DSA on, IPC 1/10/50, at two shapes: `mnist5k` (the real data,
 1x28x28) and `cifar10` (random N(0, 1) tensors, 3x32x32, 300 per class), 10 classes each.
 DC uses the reference's (outer, inner) loops for the IPC; MTT and D3 their defaults (syn_steps
-10, batch_syn None) with one 4-epoch expert trained before any timing (max_start_epoch 2);
-D3 at IPC 1 decodes 2 samples per prior (its unbiased MMD needs 2 images per class) and skips
-the soft labels (made after the last iteration). A second table: MTT and D3 at IPC 10 for
-syn_steps 5/10/20 with batch_syn None (all 100 images) and 20, the option that bounds memory,
-and dc+robust at the largest IPC with its robust step in chunks of 256 (RobustConfig's default).
+10, batch_syn None: every image in every student step, recompute_steps None: the steps' graphs
+rebuilt in the backward above 1,000 image-steps, MTTConfig) with one 4-epoch expert trained before
+any timing (max_start_epoch 2); D3 at IPC 1 decodes 2 samples per prior (its unbiased MMD needs 2
+images per class) and skips the soft labels (made after the last iteration). A second table
+(memory): MTT and D3 at IPC 10 for syn_steps 5/10/20 with batch_syn None (all 100 images) and 20,
+every step's graph kept (recompute_steps=False); at the largest IPC, keeping every graph and
+batch_syn 100, beside the main table's rows there (memory at the defaults); and dc+robust at the
+largest IPC with its robust step in chunks of 256 (RobustConfig's default).
 
 Timing: each workload runs in a fresh process (so that its peak memory is its own) and calls
 `distill(..., iterations=warmup + repeats, on_iteration=...)`: the method's own loop reports the
@@ -43,18 +47,21 @@ F_1 the first convolution, per image:
 - backward through the weights: 2F - F_1 (the images need no gradient, so the first layer's input
   gradient is skipped); through the inputs only (a frozen net: DM, the D3 feature net): F;
 - a gradient taken with create_graph=True and then differentiated again (DC's synthetic
-  gradients, each unrolled MTT step): 3F to build, 2 x 3F to differentiate: 9F in all.
+  gradients, each unrolled MTT step): 3F to build, 2 x 3F to differentiate: 9F in all. A
+  recomputed MTT or D3 step (the CSV's `recomputed`) takes its first 3F twice; that 3F is not
+  counted, so it shows as a lower ratio.
 So: dm = F_embed (real + 2 syn); dc = outer x [(3F - F_1) real + 9F syn] + (outer - 1) x inner x
 (3F - F_1) syn; dc+robust adds per outer step F_embed (real + syn) + (3F - F_1) real; mtt =
 9F x syn_steps x batch; d3 = mtt + F_embed (real + 2 decoded) + 3 decoder x decoded; eval =
 (3F - F_1) syn; eval-sbs = 3 x eval. GFLOP/s = that count / median seconds, and ratio = GFLOP/s /
 matmul GFLOP/s.
 
-MTT and D3 keep every student step's graph: about 2.1 MiB per image and step at width 128
-(measured on the mnist5k shape; 3.4 MiB was measured before the fused first block and the
-allocator setting), so peaks of about 13-15 GiB at IPC 50 and syn_steps 10, and 5.5-6 GiB at
-IPC 10 and syn_steps 20. A worker that fails (e.g. killed for memory) gives a row with its status and
-the run goes on.
+Keeping every MTT or D3 student step's graph costs about 2.1 MiB per image and step at width 128
+on the mnist5k shape and 2.6 MiB on the CIFAR-10 shape (3.4 MiB was measured before the fused first
+block and the allocator setting): at IPC 50 and syn_steps 10 MTT peaked at 13.3 GiB and D3 (500
+means and 500 draws per step) was killed for memory past 22 GiB; their defaults recompute those
+steps instead (MTTConfig, ddcore/distill/mtt.py's docstring). A worker that fails (e.g. killed for
+memory) gives a row with its status and the run goes on.
 
 Memory: on CPU the peak RSS of the workload's process during the timed call (VmHWM of
 /proc/self/status, reset just before it; not ru_maxrss, which Linux carries over from the parent
@@ -95,6 +102,7 @@ from ddcore.decoder import Decoder, DecoderConfig
 from ddcore.distill import distill
 from ddcore.distill.common import Run, fresh_net, init_synthetic
 from ddcore.distill.dc import default_loops
+from ddcore.distill.mtt import recomputes
 from ddcore.experts import ExpertConfig, load_or_train_experts
 from ddcore.io import load_tensors, save_tensors
 from ddcore.models import ConvNet, ModelConfig, count_flops
@@ -124,6 +132,7 @@ class Workload:
     inner_loop: int | None = None
     syn_steps: int | None = None  # mtt, d3
     batch_syn: int | None = None  # mtt, d3: synthetic images per student step; None: all
+    recompute_steps: bool | None = None  # mtt, d3: MTTConfig.recompute_steps; None: the config's rule
     samples_per_prior: int = 1  # d3
     robust_chunk: int | None = None  # dc+robust: RobustConfig.chunk_size (images per pass of its robust step)
     warmup: int = 1
@@ -152,12 +161,14 @@ class Settings:
     memory_ipc: int = 10  # the memory table's ipc, syn_steps and bounded batch_syn
     memory_steps: tuple[int, ...] = (5, 10, 20)
     memory_batch_syn: int = 20
+    large_batch_syn: int = 100  # the largest ipc's memory rows: batch_syn beside keeping all / recomputing
     robust_chunk: int = 256  # the memory table's dc+robust row: RobustConfig(chunk_size=...)
     threads: int = field(default_factory=torch.get_num_threads)
     matmul_n: int = 2048  # the reference matmul is n x n by n x n, fp32
     matmul_repeats: int = 7
     out: str = "results/bench"  # CSV, the workers' data files, the experts
     figure: str = ""  # set by parse_settings from device and quick
+    tables: tuple[str, ...] = ("main", "memory")  # --tables: which of the two tables to run
     list_only: bool = False  # --list: print the plan, time nothing
     plot_only: str | None = None  # --plot-only CSV: redraw the figure, time nothing
 
@@ -180,6 +191,13 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         help="outer steps timed of DC's ipc >= 10 iterations (0: the reference's, 15+ min each)",
     )
     p.add_argument("--plot-only", metavar="CSV", help="redraw the figure from a CSV this script wrote")
+    p.add_argument(
+        "--tables",
+        nargs="+",
+        choices=["main", "memory"],
+        default=["main", "memory"],
+        help="main: every method at its defaults; memory: the memory options against syn_steps and ipc",
+    )
     p.add_argument("--list", action="store_true", help="print the workloads and their GFLOP, time nothing")
     args = p.parse_args(argv)
     s = Settings(
@@ -190,6 +208,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         threads=args.threads,
         out=args.out,
         list_only=args.list,
+        tables=tuple(args.tables),
         dc_outer_cap=args.dc_outer_cap or None,
         matmul_n=4096 if args.device == "cuda" else 2048,
     )
@@ -271,7 +290,9 @@ def _row(s: Settings, table: str, method: str, shape: str, ipc: int, **kw) -> Wo
 
 
 def build_plan(s: Settings) -> list[Workload]:
-    """The main table (every method, shape, ipc), then the memory table (mtt, d3 vs syn_steps)."""
+    """The main table (every method, shape, ipc), then the memory table: mtt and d3 against
+    syn_steps at memory_ipc, every step's graph kept; at the largest ipc, keeping every graph and a
+    bounded batch_syn beside the main table's row (the default: recomputed steps); dc+robust in chunks."""
     plan = [_row(s, "main", m, shape, ipc) for shape in s.shapes for m in s.methods for ipc in s.ipcs]
     for shape in s.shapes:
         for m in (m for m in ("mtt", "d3") if m in s.methods):
@@ -286,12 +307,15 @@ def build_plan(s: Settings) -> list[Workload]:
                             s.memory_ipc,
                             syn_steps=steps,
                             batch_syn=batch_syn,
+                            recompute_steps=False,
                             repeats=min(s.repeats, 3),
                         )
                     )
+            for batch_syn in (None, s.large_batch_syn):  # the defaults' alternatives, where they matter most
+                plan.append(_row(s, "memory", m, shape, max(s.ipcs), batch_syn=batch_syn, recompute_steps=False))
         if "dc+robust" in s.methods:  # its robust step trains on all 10 x batch_real images at once
             plan.append(_row(s, "memory", "dc+robust", shape, max(s.ipcs), robust_chunk=s.robust_chunk))
-    return plan
+    return [w for w in plan if w.table in s.tables]
 
 
 def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
@@ -313,6 +337,7 @@ def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
         iterations=iterations,
         syn_steps=w.syn_steps,
         batch_syn=w.batch_syn,
+        recompute_steps=w.recompute_steps,
         dsa=True,
         experts=bench_experts(w.width),
         experts_dir=experts_dir,
@@ -574,11 +599,21 @@ STATS = (
 )
 
 
+def recomputed(w: Workload) -> bool | None:
+    """mtt, d3: whether the row's unrolled student steps are recomputed in the backward (the
+    method's rule when recompute_steps is None); its batch is MTT's images, D3's means and draws."""
+    if w.method not in ("mtt", "d3"):
+        return None
+    n = NUM_CLASSES * w.ipc * (1 + w.samples_per_prior if w.method == "d3" else 1)
+    return recomputes(w, min(w.batch_syn or n, n))
+
+
 def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
     """One CSV row: the workload's settings and its statistics (empty if its worker failed)."""
     run_info = {"device": s.device, "threads": s.threads, "torch": torch.__version__}
+    settings = {**dataclasses.asdict(w), "recomputed": recomputed(w)}
     if isinstance(result, str):
-        return {**dataclasses.asdict(w), "status": result, **dict.fromkeys(STATS), **run_info}
+        return {**settings, "status": result, **dict.fromkeys(STATS), **run_info}
     t = sorted(result["seconds"])
     q1, q3 = statistics.quantiles(t, n=4, method="inclusive")[::2] if len(t) > 1 else (t[0], t[0])
     med = statistics.median(t)
@@ -592,7 +627,7 @@ def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
             med * iteration_flops(dataclasses.replace(w, outer_loop=w.reference_outer), f) / (iteration_flops(w, f))
         )
     return {
-        **dataclasses.asdict(w),
+        **settings,
         "status": "ok",
         "median_s": med,
         "min_s": t[0],
@@ -617,7 +652,8 @@ def settings_label(r: dict) -> str:
         return f"outer {r['outer_loop']}{of} inner {r['inner_loop']}{chunk}"
     if r["syn_steps"]:
         extra = f" x{r['samples_per_prior']}/prior" if r["samples_per_prior"] > 1 else ""
-        return f"syn_steps {r['syn_steps']} batch_syn {r['batch_syn'] or 'all'}{extra}"
+        redone = " recomp" if r.get("recomputed") in (True, "True") else ""  # "True" when read from a CSV
+        return f"syn_steps {r['syn_steps']} batch_syn {r['batch_syn'] or 'all'}{extra}{redone}"
     return ""
 
 
@@ -650,20 +686,29 @@ def print_row(r: dict) -> None:
 def print_memory_table(rows: list[dict]) -> None:
     memory = [r for r in rows if r["table"] == "memory" and r["status"] == "ok"]
     trajectory = [r for r in memory if r["method"] in ("mtt", "d3")]
-    if trajectory:
+    if trajectory:  # the main table's rows at the largest ipc are the defaults the memory rows compare with
+        largest = max(r["ipc"] for r in trajectory)
+        trajectory += [
+            r
+            for r in rows
+            if r["table"] == "main" and r["method"] in ("mtt", "d3") and r["status"] == "ok" and r["ipc"] == largest
+        ]
         print(
-            f"\nMTT and D3 against syn_steps (ipc {trajectory[0]['ipc']}); peak MiB and its rise over the "
+            "\nMTT and D3: every step's graph kept against syn_steps, and at the largest ipc the defaults "
+            "(main table) beside keeping every graph and a bounded batch_syn; peak MiB and its rise over the "
             "worker's set-up; ms/image-step = s/it / (syn_steps x batch), MTT only"
         )
         print(
-            f"{'method':<6} {'shape':<8} {'steps':>5} {'batch_syn':>9} {'s/it':>8} {'ms/image-step':>13} "
-            f"{'peak MiB':>9} {'+setup':>8}"
+            f"{'method':<6} {'shape':<8} {'ipc':>3} {'steps':>5} {'batch_syn':>9} {'graphs':>10} {'s/it':>8} "
+            f"{'ms/image-step':>13} {'peak MiB':>9} {'+setup':>8}"
         )
     for r in trajectory:
         per_step = f"{1e3 * r['s_per_image_step']:.3g}" if r["s_per_image_step"] else "-"
+        graphs = "recomputed" if r.get("recomputed") in (True, "True") else "kept"
         print(
-            f"{r['method']:<6} {r['shape']:<8} {r['syn_steps']:>5} {str(r['batch_syn'] or 'all'):>9} "
-            f"{r['median_s']:>8.3g} {per_step:>13} {r['peak_mib']:>9.0f} {r['peak_mib'] - r['setup_mib']:>8.0f}"
+            f"{r['method']:<6} {r['shape']:<8} {r['ipc']:>3} {r['syn_steps']:>5} {str(r['batch_syn'] or 'all'):>9} "
+            f"{graphs:>10} {r['median_s']:>8.3g} {per_step:>13} {r['peak_mib']:>9.0f} "
+            f"{r['peak_mib'] - r['setup_mib']:>8.0f}"
         )
     for r in memory:
         if r["method"] == "dc+robust":

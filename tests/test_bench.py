@@ -46,9 +46,12 @@ def test_quick_settings_and_plan():
     assert {(w.method, w.ipc) for w in main} == {(m, k) for m in bench.METHODS for k in (1, 10)}
     assert {w.shape for w in plan} == {"mnist5k"}
     assert all(w.outer_loop <= 2 and w.inner_loop <= 2 for w in plan if w.method.startswith("dc"))
-    assert {(w.method, w.batch_syn) for w in plan if w.table == "memory" and w.method != "dc+robust"} == {
-        (m, b) for m in ("mtt", "d3") for b in (None, s.memory_batch_syn)
-    }
+    trajectory = [w for w in plan if w.table == "memory" and w.method != "dc+robust"]
+    # against syn_steps at memory_ipc, then at the largest ipc (10 here): all images, and large_batch_syn
+    assert sorted((w.method, w.ipc, w.syn_steps, w.batch_syn or 0) for w in trajectory) == sorted(
+        (m, 10, 2, b) for m in ("mtt", "d3") for b in (0, s.memory_batch_syn, 0, s.large_batch_syn)
+    )
+    assert all(w.recompute_steps is False for w in trajectory)  # what keeping every step's graph costs
     chunked = [w for w in plan if w.table == "memory" and w.method == "dc+robust"]
     assert [(w.ipc, w.robust_chunk) for w in chunked] == [(10, s.robust_chunk)]
     assert bench.method_options(chunked[0], "x")[1]["robust"].chunk_size == s.robust_chunk
@@ -73,6 +76,24 @@ def test_full_plan_and_options():
     assert (cfg.matching, cfg.mmd_weight > 0, cfg.soft_labels, cfg.iterations) == ("mtt", True, False, 6)
     with pytest.raises(SystemExit):
         bench.parse_settings(["--only", "nope"])
+
+
+def test_memory_at_defaults_rows_for_mtt_and_d3_at_ipc_50():
+    s = bench.parse_settings(["--only", "mtt", "d3", "--shapes", "cifar10"])
+    plan = bench.build_plan(s)
+    for method in ("mtt", "d3"):
+        default = [w for w in plan if w.table == "main" and w.method == method and w.ipc == 50]
+        others = [w for w in plan if w.table == "memory" and w.method == method and w.ipc == 50]
+        assert [(w.batch_syn, w.recompute_steps) for w in default] == [(None, None)]  # the config's own rule
+        assert {(w.batch_syn, w.recompute_steps) for w in others} == {(None, False), (s.large_batch_syn, False)}
+        assert bench.recomputed(default[0]) and not any(bench.recomputed(w) for w in others)
+        _, options = bench.method_options(default[0], "x")
+        cfg = method_config(method, **options)
+        assert (cfg.batch_syn, cfg.recompute_steps) == (None, None)
+        row = bench.summarize(default[0], "failed: exit code -9", s)
+        assert row["recomputed"] is True and bench.settings_label(row).endswith("recomp")
+    assert not bench.recomputed(bench.Workload("main", "mtt", "cifar10", ipc=10, syn_steps=10))  # 1,000 image-steps
+    assert bench.recomputed(bench.Workload("main", "d3", "cifar10", ipc=10, syn_steps=10))  # means and draws: 2,000
 
 
 def test_random_cifar10_has_the_shape_and_enough_images_per_class():
@@ -124,3 +145,12 @@ def test_a_capped_dc_row_estimates_the_full_iteration_at_the_same_rate():
     )
     assert row["est_full_s"] == pytest.approx(3.0 * full / capped) and full > 3 * capped
     assert bench.settings_label(row) == "outer 2 of 10 inner 50"
+
+
+def test_tables_option_keeps_only_the_tables_asked_for():
+    main_only = bench.build_plan(bench.parse_settings(["--only", "mtt", "--tables", "main"]))
+    memory_only = bench.build_plan(bench.parse_settings(["--only", "mtt", "--tables", "memory"]))
+    assert main_only and {w.table for w in main_only} == {"main"}
+    assert memory_only and {w.table for w in memory_only} == {"memory"}
+    with pytest.raises(SystemExit):
+        bench.parse_settings(["--tables", "speed"])

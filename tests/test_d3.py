@@ -99,6 +99,7 @@ def test_expert_file_of_another_config_is_refused(small, tmp_path):
 
 class _Steps:
     syn_steps, expert_epochs, max_start_epoch, batch_syn = 3, 1, 1, None
+    recompute_steps, recompute_chunk = None, 128  # MTTConfig's memory defaults
 
 
 def test_trajectory_loss_is_one_when_the_student_does_not_move(small):

@@ -6,8 +6,24 @@ size, and minimises ||theta_student - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+
 `expert_epochs`). The gradient flows back through the unrolled steps to the images and the step
 size. D3 uses the same loss on decoded images (`trajectory_matching_loss`).
 
-Memory grows with syn_steps x the synthetic batch (every step's graph is kept); `batch_syn`
-bounds it by using a random mini-batch of the synthetic images per step, as the reference does.
+Memory. Keeping the graph of every unrolled step costs about 2.6 MiB per image and step (width
+128, 32x32): on the CIFAR-10 shape at IPC 50 and 10 steps MTT peaked at 13.3 GiB and D3 (500 means
+and 500 draws per step) was killed for memory past 22 GiB. Two options bound it (bench/run.py's
+memory rows, IPC 50, 1 thread on a loaded 2-core CPU, each in its own process):
+- `recompute_steps`: a step keeps only its inputs (parameters and images) and the backward rebuilds
+  its graph `recompute_chunk` images at a time (RecomputedStep). Exact: the same loss and gradients
+  up to float rounding. One more forward and backward per step: 1.35-1.4x the time of keeping every
+  graph (MTT: 189 s/it against 139 in one run; an interleaved A/B at 100 and 200 images: 1.40x and
+  1.36x). torch.utils.checkpoint around each step bounded it less (7.6 GiB, 208 s/it).
+- `batch_syn`: a random mini-batch of the synthetic images per step, the reference's option (its
+  default is all of them). Faster (MTT, batch_syn 100: 26.9 s/it, 3.4 GiB), but each step sees a
+  fifth of the set, so the objective is not the reference's default one; and D3 at batch_syn 100
+  still peaked at 4.4 GiB (its decoder's graph for the 1,000 images comes on top).
+The default, recompute_steps=None, keeps the graphs up to RECOMPUTE_ABOVE image-steps (syn_steps x
+batch), where they fit and keeping is faster, and recomputes above: at IPC 50 MTT then peaks at
+1.8 GiB and D3 at 2.8 GiB; the largest graphs kept, 1,000 image-steps (MTT at IPC 10, D3 at IPC 5),
+peak at 3.4 and 3.5 GiB. recompute_steps=False keeps every graph at any size (the behaviour before
+issue #17), True recomputes at any size.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from ..accel import AccelConfig, autocast
 from ..augment import DSAConfig, apply_dsa, dsa_for, sample_dsa
@@ -25,6 +42,9 @@ from ..experts import ExpertConfig, forward_with, load_or_train_experts
 from ..models import build_model
 from . import register_method
 from .common import INITS, Run, init_synthetic, make_set, optimize
+
+RECOMPUTE_ABOVE = 1_000  # student image-steps (syn_steps x batch) whose graphs are kept by default:
+# at 1,000 MTT (IPC 10) peaks at 3.4 GiB and D3 (IPC 5) at 3.5 GiB on the CIFAR-10 shape
 
 
 @dataclass
@@ -36,7 +56,10 @@ class MTTConfig:
     lr_img: float = 100.0  # SGD on pixels, momentum 0.5 (MTT uses 100-1000 without ZCA)
     lr_lr: float = 1e-5  # SGD on the learnable student step size
     lr_init: float = 0.01  # initial student step size (the experts' lr)
-    batch_syn: int | None = None  # synthetic images per student step; None: all (bounds memory)
+    batch_syn: int | None = None  # synthetic images per student step; None: all (the reference's default)
+    recompute_steps: bool | None = None  # rebuild each step's graph in the backward (exact, bounds memory,
+    # ~1.35x the time); None: when syn_steps x batch > RECOMPUTE_ABOVE (measured costs: module docstring)
+    recompute_chunk: int = 128  # images per pass of a recomputed step (its graph is the backward's memory)
     init: str = "real"
     dsa: bool = True
     experts: ExpertConfig = field(default_factory=ExpertConfig)  # also fixes the student network
@@ -54,10 +77,26 @@ class MTTConfig:
             )
         check_float("lr_img", self.lr_img, low=0.0, low_open=True)
         check_float("lr_init", self.lr_init, low=0.0, low_open=True)
-        if self.batch_syn is not None:
-            check_int("batch_syn", self.batch_syn, low=1)
+        check_trajectory_memory(self)
         if self.init not in INITS:
             raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+
+
+def check_trajectory_memory(cfg) -> None:
+    """batch_syn, recompute_steps and recompute_chunk, shared by MTTConfig and D3Config."""
+    if cfg.batch_syn is not None:
+        check_int("batch_syn", cfg.batch_syn, low=1)
+    if cfg.recompute_steps is not None and not isinstance(cfg.recompute_steps, bool):
+        raise TypeError(f"recompute_steps must be True, False or None, got {cfg.recompute_steps!r}")
+    check_int("recompute_chunk", cfg.recompute_chunk, low=1)
+
+
+def recomputes(cfg, batch: int) -> bool:
+    """Whether the unrolled steps are recomputed in the backward: cfg.recompute_steps, or when it
+    is None, whether the graphs of syn_steps steps on `batch` images would exceed RECOMPUTE_ABOVE."""
+    if cfg.recompute_steps is not None:
+        return cfg.recompute_steps
+    return cfg.syn_steps * batch > RECOMPUTE_ABOVE
 
 
 def cache_root(run: Run, experts_dir: str | None) -> str | Path | None:
@@ -102,17 +141,76 @@ def trajectory_matching_loss(
     theta = start.clone().requires_grad_(True)
     n = images.shape[0]
     batch = n if cfg.batch_syn is None else min(cfg.batch_syn, n)
+    recompute = recomputes(cfg, batch)
     for _ in range(cfg.syn_steps):
         idx = torch.randperm(n, generator=generator)[:batch].to(images.device)
-        x = images[idx]
-        if dsa is not None and dsa.families:
-            x = apply_dsa(x, sample_dsa(dsa, batch, tuple(x.shape[-2:]), generator, same_family=True))
-        with autocast(images.device, accel):
-            logits = forward_with(net, theta, x)
-        loss = F.cross_entropy(logits.float(), labels[idx])  # fp32 loss; a no-op without autocast
-        (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-        theta = theta - syn_lr * grad
+        draw = None
+        if dsa is not None and dsa.families:  # drawn here: a recomputed step must see the same draw
+            draw = sample_dsa(dsa, batch, tuple(images.shape[-2:]), generator, same_family=True)
+        if recompute:  # keeps only the step's inputs; its graph is rebuilt in the backward
+            theta = RecomputedStep.apply(theta, images[idx], syn_lr, net, labels[idx], draw, accel, cfg.recompute_chunk)
+        else:
+            theta = student_step(net, theta, images[idx], labels[idx], syn_lr, draw, accel)
     return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
+
+
+def student_step(net, theta, x, y, syn_lr, draw, accel: AccelConfig | None) -> torch.Tensor:
+    """One SGD step of the student on the batch (x, y) seen through the DSA draw: theta - syn_lr * grad,
+    differentiable in theta, x and syn_lr (create_graph=True)."""
+    x = apply_dsa(x, draw)
+    with autocast(x.device, accel):
+        logits = forward_with(net, theta, x)
+    loss = F.cross_entropy(logits.float(), y)  # fp32 loss; a no-op without autocast
+    (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
+    return theta - syn_lr * grad
+
+
+def _chunk_loss(net, theta, x, y, draw, accel, lo: int, n: int) -> torch.Tensor:
+    """The student's loss on images lo:lo+len(x) of a step's n, as their share of the batch's mean."""
+    x = apply_dsa(x, draw, torch.arange(lo, lo + x.shape[0]))
+    with autocast(x.device, accel):
+        logits = forward_with(net, theta, x)
+    return F.cross_entropy(logits.float(), y[lo : lo + x.shape[0]], reduction="sum") / n
+
+
+class RecomputedStep(torch.autograd.Function):
+    """student_step keeping only its inputs: the forward takes the gradient without a graph, the
+    backward rebuilds the step's graph `chunk` images at a time and differentiates it.
+
+    Exact: forward_with refuses batch norm, so no image's gradient depends on another image and the
+    batch's gradient is the sum of the chunks'. Costs one more forward and backward per step.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, x, syn_lr, net, y, draw, accel, chunk: int):
+        ctx.save_for_backward(theta, x, syn_lr)
+        ctx.rest = (net, y, draw, accel, chunk)
+        n, at = x.shape[0], theta.detach().requires_grad_(True)
+        grad = torch.zeros_like(theta)
+        with torch.enable_grad():
+            for lo in range(0, n, chunk):
+                grad += torch.autograd.grad(_chunk_loss(net, at, x[lo : lo + chunk], y, draw, accel, lo, n), at)[0]
+        return theta - syn_lr * grad
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v):  # out = theta - syn_lr * (sum over chunks of g), v = dL/d(out)
+        theta, x, syn_lr = ctx.saved_tensors
+        net, y, draw, accel, chunk = ctx.rest
+        n, at = x.shape[0], theta.detach().requires_grad_(True)
+        grad_theta, grad_lr = v.clone(), torch.zeros_like(syn_lr)
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[1] else None
+        with torch.enable_grad():
+            for lo in range(0, n, chunk):
+                x_part = x[lo : lo + chunk].detach().requires_grad_(grad_x is not None)
+                (g,) = torch.autograd.grad(_chunk_loss(net, at, x_part, y, draw, accel, lo, n), at, create_graph=True)
+                grad_lr -= (v * g.detach()).sum()
+                inputs = (at, x_part) if grad_x is not None else (at,)
+                grads = torch.autograd.grad(g, inputs, grad_outputs=-syn_lr.detach() * v)
+                grad_theta += grads[0]
+                if grad_x is not None:
+                    grad_x[lo : lo + chunk] = grads[1]
+        return grad_theta, grad_x, grad_lr, None, None, None, None, None
 
 
 def student_network(run: Run, cfg: ExpertConfig, num_classes: int | None = None):

@@ -110,7 +110,17 @@ from ddcore.robust import RobustConfig
 from ddcore.students import train_side_by_side
 from ddcore.train import TrainConfig, train_network
 
-METHODS = ("dm", "dc", "dc+robust", "mtt", "d3", "eval", "eval-sbs")
+METHODS = ("dm", "dm+robust", "dc", "dc+robust", "mtt", "d3", "d3+robust", "eval", "eval-sbs")
+# each robust variant runs RobustConfig()'s defaults on its plain method's settings: the robust issue's
+# objectives (DM: the double-layer risk over Voronoi cells; DC: the risk inside the matching target;
+# D3: the MMD term as a CVaR over subpopulations), timed beside their plain rows
+
+
+def base_method(method: str) -> str:
+    """The plain method of a row: 'dm+robust' -> 'dm'; dc+robust stays itself (its own DC loops)."""
+    return method if method == "dc+robust" else method.removesuffix("+robust")
+
+
 SIDE_BY_SIDE_NETS = 3  # eval-sbs: the students of one evaluation (EvalConfig.num_nets)
 SHAPES = {"mnist5k": (1, (28, 28)), "cifar10": (3, (32, 32))}  # channels, im_size
 NUM_CLASSES = 10
@@ -274,9 +284,9 @@ def _row(s: Settings, table: str, method: str, shape: str, ipc: int, **kw) -> Wo
             kw["reference_outer"], kw["outer_loop"] = kw["outer_loop"], s.dc_outer_cap
             kw.setdefault("warmup", 0)  # the first outer step warms the rest
             kw.setdefault("repeats", 3)
-    if method in ("mtt", "d3"):
+    if base_method(method) in ("mtt", "d3"):
         kw.setdefault("syn_steps", 10 if not s.quick else 2)
-    if method == "d3" and ipc == 1:
+    if base_method(method) == "d3" and ipc == 1:
         kw["samples_per_prior"] = 2
     kw.setdefault("repeats", s.repeats)
     kw.setdefault("warmup", s.warmup)
@@ -321,8 +331,9 @@ def build_plan(s: Settings) -> list[Workload]:
 def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
     """distill()'s method name and keyword options for a workload."""
     model, iterations = ModelConfig(width=w.width), w.warmup + w.repeats
-    if w.method == "dm":
-        return "dm", dict(iterations=iterations, batch_real=w.batch_real, model=model, dsa=True)
+    robust = RobustConfig() if w.method.endswith("+robust") else None
+    if w.method in ("dm", "dm+robust"):
+        return "dm", dict(iterations=iterations, batch_real=w.batch_real, model=model, dsa=True, robust=robust)
     if w.method in ("dc", "dc+robust"):
         return "dc", dict(
             iterations=iterations,
@@ -346,7 +357,9 @@ def method_options(w: Workload, experts_dir: str) -> tuple[str, dict]:
     )
     if w.method == "mtt":
         return "mtt", trajectory
-    return "d3", dict(trajectory, batch_real=w.batch_real, samples_per_prior=w.samples_per_prior, soft_labels=False)
+    return "d3", dict(
+        trajectory, batch_real=w.batch_real, samples_per_prior=w.samples_per_prior, soft_labels=False, robust=robust
+    )
 
 
 # --- FLOPs -----------------------------------------------------------------------------------
@@ -385,7 +398,7 @@ def iteration_flops(w: Workload, f: dict[str, int], real_per_class: int | None =
         return train * syn
     if w.method == "eval-sbs":
         return SIDE_BY_SIDE_NETS * train * syn
-    if w.method == "dm":
+    if w.method in ("dm", "dm+robust"):  # the robust terms add no convolutions
         return emb * (real + 2 * syn)
     if w.method in ("dc", "dc+robust"):
         per_outer = train * real + 9 * fwd * syn
@@ -576,7 +589,7 @@ def prepare(s: Settings, plan: list[Workload], out: Path) -> tuple[dict[str, Pat
         data = make_dataset(shape)
         paths[shape] = out / f"data_{shape}.safetensors"
         save_data(data, paths[shape])
-        if any(w.shape == shape and w.method in ("mtt", "d3") for w in plan):
+        if any(w.shape == shape and base_method(w.method) in ("mtt", "d3") for w in plan):
             print(f"experts for {shape} (untimed; cached in {experts_dir})", flush=True)
             load_or_train_experts(data, bench_experts(s.width), seed=0, device=s.device, root=experts_dir)
     return paths, experts_dir
@@ -602,9 +615,9 @@ STATS = (
 def recomputed(w: Workload) -> bool | None:
     """mtt, d3: whether the row's unrolled student steps are recomputed in the backward (the
     method's rule when recompute_steps is None); its batch is MTT's images, D3's means and draws."""
-    if w.method not in ("mtt", "d3"):
+    if base_method(w.method) not in ("mtt", "d3"):
         return None
-    n = NUM_CLASSES * w.ipc * (1 + w.samples_per_prior if w.method == "d3" else 1)
+    n = NUM_CLASSES * w.ipc * (1 + w.samples_per_prior if w.method.startswith("d3") else 1)
     return recomputes(w, min(w.batch_syn or n, n))
 
 
@@ -681,6 +694,30 @@ def print_row(r: dict) -> None:
         ),
         flush=True,
     )
+
+
+def robust_ratios(rows: list[dict]) -> list[tuple[str, str, int, float]]:
+    """(robust method, shape, ipc, its median s/it over its plain method's) for the main table's rows
+    where both ran; the robust issue's target is at most 1.5."""
+    plain = {
+        (r["method"], r["shape"], int(r["ipc"])): float(r["median_s"])
+        for r in rows
+        if r["table"] == "main" and r["status"] == "ok"
+    }
+    out = []
+    for (method, shape, ipc), seconds in plain.items():
+        base = "dc" if method == "dc+robust" else base_method(method)
+        if method.endswith("+robust") and (base, shape, ipc) in plain:
+            out.append((method, shape, ipc, seconds / plain[(base, shape, ipc)]))
+    return out
+
+
+def print_robust_ratios(rows: list[dict]) -> None:
+    ratios = robust_ratios(rows)
+    if ratios:
+        print("\nrobust / plain, median seconds per iteration side by side in this run (target <= 1.5)")
+    for method, shape, ipc, ratio in ratios:
+        print(f"{method:<10} {shape:<8} ipc {ipc:>2}: {ratio:.2f}x")
 
 
 def print_memory_table(rows: list[dict]) -> None:
@@ -871,6 +908,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(summarize(w, run_workload(w, s, paths[w.shape], experts_dir), s))
         print_row(rows[-1])
         write_csv(rows, csv_path)  # after every row: an interrupted run keeps what it measured
+    print_robust_ratios(rows)
     print_memory_table(rows)
     print(f"\nwrote {csv_path} and {plot(rows, s, label)}")
 

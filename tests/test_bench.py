@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ddcore.distill import distill, method_config
+from ddcore.robust import RobustConfig
 
 _spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).parents[1] / "bench" / "run.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -154,3 +155,21 @@ def test_tables_option_keeps_only_the_tables_asked_for():
     assert memory_only and {w.table for w in memory_only} == {"memory"}
     with pytest.raises(SystemExit):
         bench.parse_settings(["--tables", "speed"])
+
+
+def test_robust_rows_run_robust_config_defaults_beside_their_plain_method():
+    s = bench.parse_settings(["--quick", "--only", "dm", "dm+robust", "d3", "d3+robust"])
+    plan = [w for w in bench.build_plan(s) if w.table == "main"]
+    for method in ("dm+robust", "d3+robust"):
+        w = next(w for w in plan if w.method == method and w.ipc == 10)
+        name, options = bench.method_options(w, "x")
+        assert name == bench.base_method(method) and options["robust"] == RobustConfig()
+        plain = next(p for p in plan if p.method == name and p.ipc == 10)
+        assert bench.method_options(plain, "x")[1]["robust"] is None
+        f = bench.per_image_flops(w.shape, w.width)
+        assert bench.iteration_flops(w, f) == bench.iteration_flops(plain, f)
+    rows = [
+        {"table": "main", "status": "ok", "method": m, "shape": "mnist5k", "ipc": 10, "median_s": t}
+        for m, t in (("dm", 1.0), ("dm+robust", 1.2), ("dc", 2.0), ("dc+robust", 5.0), ("d3+robust", 3.0))
+    ]
+    assert bench.robust_ratios(rows) == [("dm+robust", "mnist5k", 10, 1.2), ("dc+robust", "mnist5k", 10, 2.5)]

@@ -239,8 +239,18 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         if getattr(args, name) is not None:
             value = getattr(args, name)
             setattr(s, name, tuple(value) if isinstance(value, list) else value)
-    # a smoke test's figure stays out of figures/, next to its CSV
-    s.figure = str(Path(s.out) / f"bench_{s.device}_quick.png") if s.quick else f"figures/bench_{s.device}.png"
+    # only a full run (every method, shape, ipc and table) redraws the tracked figures/bench_<device>.png;
+    # a smoke test's or a subset's figure stays next to its CSV
+    subset = (
+        tuple(args.only) != METHODS
+        or args.shapes is not None
+        or args.ipcs is not None
+        or tuple(args.tables) != ("main", "memory")
+    )
+    if s.quick or subset:
+        s.figure = str(Path(s.out) / f"bench_{s.device}_{'quick' if s.quick else 'subset'}.png")
+    else:
+        s.figure = f"figures/bench_{s.device}.png"
     return s
 
 

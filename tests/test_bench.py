@@ -61,7 +61,7 @@ def test_quick_settings_and_plan():
 
 def test_full_plan_and_options():
     s = bench.parse_settings(["--only", "dm", "dc", "mtt", "d3"])
-    assert s.figure == "figures/bench_cpu.png" and s.ipcs == (1, 10, 50)
+    assert s.figure == "results/bench/bench_cpu_subset.png" and s.ipcs == (1, 10, 50)  # a subset of the methods
     plan = bench.build_plan(s)
     assert {w.method for w in plan} == {"dm", "dc", "mtt", "d3"}
     dc50 = [w for w in plan if w.method == "dc" and w.ipc == 50][0]  # capped: 2 of the reference's 50
@@ -173,3 +173,10 @@ def test_robust_rows_run_robust_config_defaults_beside_their_plain_method():
         for m, t in (("dm", 1.0), ("dm+robust", 1.2), ("dc", 2.0), ("dc+robust", 5.0), ("d3+robust", 3.0))
     ]
     assert bench.robust_ratios(rows) == [("dm+robust", "mnist5k", 10, 1.2), ("dc+robust", "mnist5k", 10, 2.5)]
+
+
+def test_only_a_full_run_redraws_the_tracked_figure():
+    assert bench.parse_settings([]).figure == "figures/bench_cpu.png"
+    for argv in (["--only", "dm"], ["--ipcs", "50"], ["--shapes", "cifar10"], ["--tables", "main"], ["--quick"]):
+        figure = bench.parse_settings([*argv, "--out", "results/x"]).figure
+        assert figure.startswith("results/x/") and not figure.startswith("figures"), argv

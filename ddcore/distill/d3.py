@@ -56,7 +56,7 @@ class D3Config:
     ranges of the authors' run scripts as summarised in FACTS.md ("D3: the authors' own run settings").
     The matching step's student steps use MTT's memory options (ddcore/distill/mtt.py's docstring):
     by default they are recomputed in the backward above 1,000 image-steps (IPC 50 on the CIFAR-10
-    shape: 2.8 GiB instead of more than 22)."""
+    shape: 2.9 GiB instead of more than 22)."""
 
     iterations: int = 1000  # the authors: 8,000-10,000
     lpc: int | None = None  # latent priors per class; None: the run's ipc

@@ -21,7 +21,7 @@ memory rows, IPC 50, 1 thread on a loaded 2-core CPU, each in its own process):
   still peaked at 4.4 GiB (its decoder's graph for the 1,000 images comes on top).
 The default, recompute_steps=None, keeps the graphs up to RECOMPUTE_ABOVE image-steps (syn_steps x
 batch), where they fit and keeping is faster, and recomputes above: at IPC 50 MTT then peaks at
-1.8 GiB and D3 at 2.8 GiB; the largest graphs kept, 1,000 image-steps (MTT at IPC 10, D3 at IPC 5),
+1.8 GiB and D3 at 2.9 GiB; the largest graphs kept, 1,000 image-steps (MTT at IPC 10, D3 at IPC 5),
 peak at 3.4 and 3.5 GiB. recompute_steps=False keeps every graph at any size (the behaviour before
 issue #17), True recomputes at any size.
 """

@@ -178,6 +178,9 @@ def plot_d3(rows: pd.DataFrame, dataset: str):
         if not soft.empty:
             ax_curve.axhline(_pool(soft)[0], color=f"C{i}", ls="--", label=f"random+soft, budget {budget}")
     ax_curve.set(xscale="log", xlabel="D3 iterations (log)", ylabel="test accuracy (%)", title="D3's learning curve")
+    ticks = sorted({int(i) for i in d3.d3_iterations.dropna()})
+    ax_curve.set_xticks(ticks, [str(t) for t in ticks])  # the iterations run, not crowded powers of ten
+    ax_curve.minorticks_off()
     ax_curve.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -103,3 +103,18 @@ def test_plot_has_both_panels(tmp_path):
     storage_ax, curve_ax = fig.axes
     assert {t.get_text() for t in storage_ax.get_legend().get_texts()} == {"random+soft", "d3"}
     assert len(curve_ax.get_lines()) >= 2
+
+
+def test_a_longer_run_on_fewer_seeds_joins_the_curve_not_the_claim(tmp_path):
+    seeds = (0, 1, 2)
+    rows = _rows(
+        tmp_path,
+        [_row(m, seed=s, acc=(0.5,) * 3) for m in ("random+soft", "dm") for s in seeds]
+        + [_row("d3", seed=s, acc=(0.6,) * 3, d3_iterations=500) for s in seeds]
+        + [_row("d3", seed=0, acc=(0.9,) * 3, d3_iterations=2000)],  # one seed so far
+    )
+    claim = dc.claim_table(rows)
+    assert claim["D3 iterations"].item() == 500 and "3 seeds" in claim["D3 vs dm"].item()
+    assert list(dc.curve_table(rows)["D3 iterations"]) == [500, 2000]
+    more = _rows(tmp_path, [*rows.to_dict("records"), *(_row("d3", seed=s, d3_iterations=2000) for s in (1, 2))])
+    assert dc.claim_table(more)["D3 iterations"].item() == 2000  # as many seeds: the longer run

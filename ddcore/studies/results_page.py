@@ -148,7 +148,7 @@ def render(rows: pd.DataFrame, robust_rows: pd.DataFrame | None = None, d3_rows:
         text += markdown(claim_table(robust_rows))
     if d3_rows is not None and not d3_rows.empty:
         text += "\n### D3: the claim at equal storage\n\n" + D3_NOTE
-        text += "\nThe claim, D3 (its longest run) against each baseline on the seeds both have:\n\n"
+        text += "\nThe claim, D3 (its longest run on the most seeds) against each baseline on the seeds both have:\n\n"
         text += markdown(d3_claim.claim_table(d3_rows))
         text += "\nEvery method at equal budgets (`IPC-eq. used`: the storage the set actually takes):\n\n"
         text += markdown(d3_claim.storage_table(d3_rows))

@@ -1,12 +1,14 @@
 """Run the notebooks with papermill under a profile and collect their results.
 
-    python -m ddcore.reproduce [--profile cpu|gpu] [--only NAME ...] [--keep-going]
+    python -m ddcore.reproduce [--profile cpu|gpu] [--only NAME ...] [--keep-going] [-p NAME VALUE ...]
     python -m ddcore.reproduce --in-place [--only NAME ...]    # what `make notebooks` runs
 
 Each notebook is executed into results/<profile>/<name>.ipynb with the profile's parameters;
 its results file lands beside it, and every results file is gathered into
 results/<profile>/summary.csv. A failing notebook stops the run with an error naming the
-notebook and the cell, unless --keep-going is given.
+notebook and the cell, unless --keep-going is given. `-p NAME VALUE` sets a parameter on top of
+the profile (VALUE read as YAML, as papermill's -y: `-p iterations 500`, `-p subtasks "[1, 2]"`);
+every notebook run must have that parameter.
 
 `--in-place` executes the committed notebooks with their own defaults (no profile) back into
 notebooks/, their figures into the tracked figures/: the outputs readers and nbval see then come
@@ -125,21 +127,49 @@ def stale_notebooks(folder: Path = NOTEBOOKS) -> list[str]:
     return stale
 
 
-def run_notebook(name: str, profile: str | None, out_dir: Path, progress: bool = True) -> Outcome:
+def parse_overrides(pairs: list[tuple[str, str]] | None) -> dict:
+    """-p NAME VALUE pairs -> {name: value}, each VALUE read as YAML ("500" -> 500, "[1, 2]" -> a list)."""
+    overrides = {}
+    for name, text in pairs or []:
+        try:
+            overrides[name] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"-p {name} {text!r}: the value is not valid YAML ({err.problem})") from None
+    return overrides
+
+
+def check_overrides(name: str, overrides: dict) -> None:
+    """Raise unless notebook `name` has every overridden parameter (papermill would add it unseen)."""
+    import papermill as pm
+
+    known = pm.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"notebook {name} has no parameter {unknown}; its parameters are {sorted(known)}")
+
+
+def run_notebook(
+    name: str, profile: str | None, out_dir: Path, progress: bool = True, overrides: dict | None = None
+) -> Outcome:
     """Execute one notebook with papermill; raise NotebookFailed naming the failing cell.
 
     profile=None: in place, with the notebook's defaults (figures into results/figures), then
-    the figures it made are copied into the tracked figures/.
+    the figures it made are copied into the tracked figures/. overrides: parameters set on top of
+    the profile (not in place: the committed outputs are the defaults' run).
     """
     import papermill as pm
 
     check_choice("notebook", name, available_notebooks())
     output = out_dir / f"{name}.ipynb"
     if profile is None:  # no parameters: papermill injects no cell, the committed code runs as it is
+        if overrides:
+            raise ValueError("in place, notebooks run with their own defaults: -p is not allowed with --in-place")
         params = {}
     else:
+        check_overrides(name, overrides or {})
         params = {
             **profile_parameters(profile, name),
+            **(overrides or {}),
             "output_dir": str(out_dir),
             "figures_dir": str(out_dir / "figures"),
         }
@@ -203,13 +233,19 @@ def reproduce(
     keep_going: bool = False,
     results_root: Path | str = ROOT / "results",
     progress: bool = True,
+    overrides: dict | None = None,
 ) -> list[Outcome]:
-    """Run the notebooks under a profile (None: in place, see the module's docstring)."""
+    """Run the notebooks under a profile (None: in place, see the module's docstring), with
+    `overrides` ({name: value}) set on top of the profile in every notebook."""
     if profile is not None:
         check_choice("profile", profile, available_profiles())
+    elif overrides:
+        raise ValueError("in place, notebooks run with their own defaults: -p is not allowed with --in-place")
     names = only or available_notebooks()
     for name in names:
         check_choice("notebook", name, available_notebooks())
+        if overrides:
+            check_overrides(name, overrides)  # before any notebook runs
     out_dir = Path(results_root).resolve() / (profile or "in_place")
     check_writable_dir("results_root", out_dir)
     # in place, the notebooks write results where their own output_dir default says
@@ -218,7 +254,7 @@ def reproduce(
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ({f'profile {profile}' if profile else 'in place'})", flush=True)
         try:
-            outcomes.append(run_notebook(name, profile, out_dir, progress))
+            outcomes.append(run_notebook(name, profile, out_dir, progress, overrides))
         except NotebookFailed as err:
             outcomes.append(Outcome(name, False, 0.0, out_dir / f"{name}.ipynb", str(err)))
             if not keep_going:
@@ -244,9 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="execute the committed notebooks with their defaults into notebooks/ and figures/",
     )
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter on top of the profile; VALUE is read as YAML (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        reproduce(None if args.in_place else args.profile, args.only, args.keep_going, args.results)
+        overrides = parse_overrides(args.parameter)
+        reproduce(
+            None if args.in_place else args.profile,
+            args.only,
+            args.keep_going,
+            args.results,
+            overrides=overrides,
+        )
     except (NotebookFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

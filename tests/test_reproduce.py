@@ -50,6 +50,23 @@ def test_profile_parameters_and_summary(fake_project, capfd):
     assert summary.metric.tolist() == [42] and summary.notebook.tolist() == ["10_ok"]
 
 
+def test_parameters_set_on_the_command_line_win_over_the_profile(fake_project):
+    assert rp.main(["--only", "10_ok", "--results", str(fake_project / "results"), "-p", "value", "5"]) == 0
+    summary = pd.read_csv(fake_project / "results" / "cpu" / "summary.csv")
+    assert summary.metric.tolist() == [10]  # 5 (int, read as YAML) x 2, not the profile's 21
+    assert rp.parse_overrides([("subtasks", "[1, 2]"), ("fresh", "true"), ("name", "dm")]) == {
+        "subtasks": [1, 2],
+        "fresh": True,
+        "name": "dm",
+    }
+    with pytest.raises(ValueError, match=r"notebook 10_ok has no parameter \['nope'\]"):
+        rp.reproduce("cpu", only=["10_ok"], results_root=fake_project / "results", overrides={"nope": 1})
+    with pytest.raises(ValueError, match="not allowed with --in-place"):
+        rp.reproduce(None, only=["10_ok"], results_root=fake_project / "results", overrides={"value": 1})
+    with pytest.raises(ValueError, match="not valid YAML"):
+        rp.parse_overrides([("value", "[1, 2")])
+
+
 def test_a_failure_names_the_notebook_and_cell(fake_project):
     with pytest.raises(
         rp.NotebookFailed, match=r"notebook 11_fails failed in cell In \[3\] \(RuntimeError: broken on purpose\)"
@@ -155,6 +172,9 @@ def test_reproduce_quickstart_end_to_end(tmp_path):
             "00_quickstart",
             "--results",
             str(out),
+            # small settings on top of the profile: the pipeline end to end in about a minute
+            # (nbval runs the committed notebook at its defaults)
+            *("-p", "iterations", "10", "-p", "eval_epochs", "20", "-p", "num_nets", "2"),
         ],
         capture_output=True,
         text=True,
@@ -163,7 +183,8 @@ def test_reproduce_quickstart_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = out / "cpu"
     results = json.loads((run / "00_quickstart.results.json").read_text())
-    assert results["parameters"]["ipc"] == 10 and len(results["rows"]) == 2 * results["parameters"]["num_nets"]
+    assert results["parameters"]["iterations"] == 10 and results["parameters"]["num_nets"] == 2
+    assert results["parameters"]["ipc"] == 10 and len(results["rows"]) == 2 * 2
     figures = list((run / "figures").glob("00_quickstart_*_images.png"))
     assert len(figures) == 1 and figures[0].stat().st_size > 10_000
     executed = nbformat.read(run / "00_quickstart.ipynb", as_version=4)

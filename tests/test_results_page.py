@@ -69,9 +69,12 @@ def test_table_and_render(tmp_path):
     assert table.iloc[0]["verdict"].startswith("not yet run")
     assert "--iterations 200" in table.iloc[0]["command"]  # the snapshot came from the 200-iteration run
     text = rp.render(rows)
-    # 3 rows, then the 4 planned Fashion-MNIST cells without one (dsa 1 and random 1 have rows)
-    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3 + 4
-    assert text.count("| not yet run |") == 4 and "| fashion_mnist | dsa | 10 | 0 | - | - | 84.6 +- 0.3 |" in text
+    # 3 rows, then the 4 planned Fashion-MNIST cells without one (dsa 1 and random 1 have rows); then
+    # the seeds' claims at their papers' scale, none run
+    scale = len(rp.PAPER_SCALE)
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3 + 4 + 1 + scale
+    assert text.count("| not yet run |") == 4 + scale
+    assert "| fashion_mnist | dsa | 10 | 0 | - | - | 84.6 +- 0.3 |" in text
     assert "| fashion_mnist | random | 1 | - |" in text and "Robust" not in text
 
 
@@ -218,3 +221,20 @@ def test_robust_claim_keeps_runs_of_different_lengths_apart(tmp_path):
     assert table.verdict.tolist()[0] == "supported" and table.verdict.tolist()[1].startswith("not supported")
     labels = [t.get_text() for t in plot_claim(rows, 10).axes[0].get_xticklabels()]
     assert "dm\n300 it.\n(1 seed)" in labels and "dm+dl\n1000 it.\n(1 seed)" in labels
+
+
+def test_paper_scale_lines_count_the_seeds_run_at_that_scale():
+    import pandas as pd
+
+    from ddcore.studies import results_page as page
+
+    empty = page.paper_scale_table(pd.DataFrame(), pd.DataFrame())
+    assert len(empty) == len(page.PAPER_SCALE) and set(empty.status) == {"not yet run"}
+    assert all(c.startswith("`python ") for c in empty.command)
+    robust = pd.DataFrame(
+        [{"variant": "dm+dl", "width": w, "iterations": 1000, "seed": s} for w, s in ((128, 0), (128, 1), (32, 2))]
+    )
+    d3 = pd.DataFrame([{"method": "d3", "dataset": "mnist5k_pairs", "d3_iterations": 500, "seed": 0}])  # too short
+    table = page.paper_scale_table(robust, d3).set_index("claim").status
+    assert table["robust: DM+robust (dm+dl) vs DM"] == "run on 2 seed(s)"
+    assert table["D3 beats random+soft and DM at equal storage"] == "not yet run"

@@ -132,6 +132,74 @@ def not_yet_run(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
+def _robust_done(robust: pd.DataFrame, variant: str, width: int, iterations: int) -> int:
+    """Seeds of `variant` run at `width` with at least `iterations` iterations."""
+    if robust.empty:
+        return 0
+    g = robust[(robust.variant == variant) & (robust.width == width) & (robust.iterations >= iterations)]
+    return int(g.seed.nunique())
+
+
+def _d3_done(d3: pd.DataFrame, dataset: str, iterations: int) -> int:
+    """Seeds of D3 (the authors' rates) run on `dataset` for at least `iterations` iterations."""
+    if d3.empty:
+        return 0
+    g = d3[(d3.method == "d3") & (d3.dataset == dataset) & (d3.d3_iterations >= iterations)]
+    return int(g.seed.nunique())
+
+
+# The seeds' claims at their papers' scale: (claim, setting, seeds done from the rows, why not on this
+# CPU, command). The runs above are smaller; these lines say what is still to run, and how.
+PAPER_SCALE = [
+    (
+        "robust: DM+robust (dm+dl) vs DM",
+        "rare-subgroup benchmark, ConvNet width 128, IPC 10, 1,000 DM iterations",
+        lambda robust, d3: _robust_done(robust, "dm+dl", 128, 1000),
+        "width 128 is 15x the FLOPs of width 32 per image (count_flops, 1x28x28; the runs above took 5-10 min per "
+        "seed and variant at width 32)",
+        "python bench/robust_table.py --ipc 10 --variants dm dm+dl --seeds 0 1 2 --width 128 --dm-iterations 1000",
+    ),
+    (
+        "robust: DC+robust (dc+target) vs DC",
+        "the paper's 2,000 DC iterations, IPC 10, width 128",
+        lambda robust, d3: _robust_done(robust, "dc+target", 128, 2000),
+        "DC at IPC 10 takes about a minute per iteration here at width 32",
+        "python bench/robust_table.py --ipc 10 --variants dc dc+target --seeds 0 1 2 --width 128 --dc-iterations 2000",
+    ),
+    (
+        "D3 beats random+soft and DM at equal storage",
+        "100 classes sharing one decoder (mnist5k_pairs), budgets 1 and 2, the authors' 8,000 iterations",
+        lambda robust, d3: _d3_done(d3, "mnist5k_pairs", 8000),
+        "27 s per D3 iteration here: about 60 hours per seed and budget",
+        "python bench/d3_table.py --dataset mnist5k_pairs --budgets 1 2 --seeds 0 1 2 --d3-iterations 8000",
+    ),
+    (
+        "D3 subtasks: S groups of classes distilled apart",
+        "D3's default settings (notebook 04, gpu profile)",
+        lambda robust, d3: 0,  # notebook 04 keeps its numbers in its own results file
+        "the cpu profile runs 20 D3 iterations per subtask (its accuracies sit near chance)",
+        "python -m ddcore.reproduce --profile gpu --only 04_subtask_decomposition",
+    ),
+]
+
+
+def paper_scale_table(robust: pd.DataFrame, d3: pd.DataFrame) -> pd.DataFrame:
+    """A line per PAPER_SCALE claim: how many seeds its rows hold at that scale, and the command."""
+    lines = []
+    for claim, setting, seeds_done, why, command in PAPER_SCALE:
+        seeds = seeds_done(robust, d3)
+        lines.append(
+            {
+                "claim": claim,
+                "at the paper's scale": setting,
+                "status": f"run on {seeds} seed(s)" if seeds else "not yet run",
+                "why not on this CPU": why,
+                "command": f"`{command}`",
+            }
+        )
+    return pd.DataFrame(lines)
+
+
 def markdown(body: pd.DataFrame) -> str:
     """A DataFrame as a markdown table."""
     header = "| " + " | ".join(body.columns) + " |\n|" + "---|" * len(body.columns) + "\n"
@@ -153,6 +221,9 @@ def render(rows: pd.DataFrame, robust_rows: pd.DataFrame | None = None, d3_rows:
         text += "\nEvery method at equal budgets (`IPC-eq. used`: the storage the set actually takes):\n\n"
         text += markdown(d3_claim.storage_table(d3_rows))
         text += "\nD3's learning curve:\n\n" + markdown(d3_claim.curve_table(d3_rows))
+    empty = pd.DataFrame()
+    scale = paper_scale_table(empty if robust_rows is None else robust_rows, empty if d3_rows is None else d3_rows)
+    text += "\n### The seeds' claims at their papers' scale\n\n" + markdown(scale)
     return text
 
 

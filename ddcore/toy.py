@@ -13,6 +13,15 @@ ddcore/distill/dm.py (they work on embeddings, and here the embedding is phi):
   own Voronoi cell, the far ones (CVaR) and the worst cell most.
 
 `distill_toy` returns the points' trajectories; `robust_plots.toy_plot` draws them.
+
+The same toy for gradient matching (DC), `distill_toy_dc`: the "network" is phi followed by a
+linear layer theta (C, F) drawn afresh too, and the points move to minimise DC's distance
+(`dc.gradient_distance`: per class, sum over theta's rows of 1 - cos) between the gradient in theta of
+their cross-entropy and the real points' target gradient:
+- plain DC: the gradient of the mean cross-entropy of the class's real points;
+- robust target (RobustConfig(dc_risk='target')): the gradient of `normalized_robust_risk` of their
+  per-point cross-entropies over the class's subpopulations (as `dc.robust_class_gradients`), which
+  weighs the rare mode like the common one, so some points move towards it.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .checks import check_float, check_int
+from .distill.dc import gradient_distance
 from .distill.dm import cluster_means_loss, double_layer_loss, mean_matching_loss
-from .robust import RobustConfig, Subpopulations
+from .robust import RobustConfig, Subpopulations, normalized_robust_risk
 
 __all__ = [
     "ToyConfig",
@@ -35,6 +46,9 @@ __all__ = [
     "random_features",
     "toy_loss",
     "distill_toy",
+    "DC_OBJECTIVES",
+    "toy_dc_loss",
+    "distill_toy_dc",
     "run_toy",
     "distance_to_rare",
 ]
@@ -48,6 +62,13 @@ OBJECTIVES: dict[str, RobustConfig | None] = {
     "cluster means, Voronoi cells": RobustConfig(dm_objective="cluster_means", clustering="synthetic"),
     "cluster means, K-means k=2": RobustConfig(dm_objective="cluster_means", clustering="kmeans", k=2, space="pixels"),
     "double layer": RobustConfig(dm_objective="double_layer", robust_weight=0.2),
+}
+
+# DC's target on the toy: plain, and the group-robust risk over K-means k=2 clusters of each class in
+# the plane (the rare mode is far from the common one, so k=2 finds it); alpha and max_weight: defaults.
+DC_OBJECTIVES: dict[str, RobustConfig | None] = {
+    "plain DC (mean-loss target)": None,
+    "DC, robust target (K-means k=2)": RobustConfig(dc_risk="target", clustering="kmeans", k=2, space="pixels"),
 }
 
 
@@ -64,6 +85,7 @@ class ToyConfig:
     iterations: int = 400  # gradient steps on the synthetic points
     lr: float = 0.03  # SGD on the points, momentum as DM's
     momentum: float = 0.5
+    dc_lr: float = 0.1  # distill_toy_dc's SGD rate (its cosine distance is on another scale than DM's loss)
     seed: int = 0  # data, initial points and every network are drawn from it
 
     def __post_init__(self):
@@ -71,8 +93,8 @@ class ToyConfig:
             check_int(name, getattr(self, name), low=1)
         check_int("iterations", self.iterations, low=0)
         check_float("rare_fraction", self.rare_fraction, low=0.0, high=1.0)
-        for name in ("radius", "rare_offset", "spread", "lr"):
-            check_float(name, getattr(self, name), low=0.0, low_open=name in ("spread", "lr"))
+        for name in ("radius", "rare_offset", "spread", "lr", "dc_lr"):
+            check_float(name, getattr(self, name), low=0.0, low_open=name in ("spread", "lr", "dc_lr"))
         check_float("momentum", self.momentum, low=0.0, high=1.0)
 
 
@@ -166,6 +188,66 @@ def distill_toy(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = Non
     path, losses = [syn.detach().clone()], []
     for it in range(cfg.iterations):
         loss = toy_loss(data, syn, labels_syn, random_features(cfg.features, gen), robust, subpops, it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        path.append(syn.detach().clone())
+        losses.append(loss.item())
+    return ToyRun(torch.stack(path), labels_syn, losses)
+
+
+def toy_dc_loss(
+    data: ToyData,
+    syn: torch.Tensor,
+    labels_syn: torch.Tensor,
+    net: tuple[torch.Tensor, torch.Tensor],
+    theta: torch.Tensor,
+    robust: RobustConfig | None,
+    subpops: Subpopulations | None,
+    it: int,
+) -> torch.Tensor:
+    """DC's matching distance on the "network" (phi, theta): sum over classes c of
+    D(grad_theta CE(syn_c), target_c), D = sum over theta's rows of (1 - cos), with target_c the
+    gradient of the mean CE of class c's real points (robust=None) or of their normalised
+    group-robust risk over subpopulations (robust: its alpha, max_weight and clustering)."""
+    W, b = net
+    feat_real = torch.relu(data.X @ W.T + b)  # (N, F)
+    feat_syn = torch.relu(syn @ W.T + b)  # (C ipc, F)
+    ids = None
+    if robust is not None:  # 'pixels': the plane itself; W stands for the network
+        ids = subpops.from_features(it, W, data.X, data.y, feat_syn.detach(), labels_syn)
+    theta = theta.detach().requires_grad_(True)
+    total = syn.new_zeros(())
+    for c in labels_syn.unique().tolist():
+        real, mine = data.y == c, labels_syn == c
+        losses = F.cross_entropy(feat_real[real] @ theta.T, data.y[real], reduction="none")
+        risk = (
+            losses.mean()
+            if robust is None
+            else normalized_robust_risk(losses, ids[real], robust.alpha, robust.max_weight)
+        )
+        (target,) = torch.autograd.grad(risk, theta)
+        loss_syn = F.cross_entropy(feat_syn[mine] @ theta.T, labels_syn[mine])
+        (grad_syn,) = torch.autograd.grad(loss_syn, theta, create_graph=True)
+        total = total + gradient_distance([grad_syn], [target])
+    return total
+
+
+def distill_toy_dc(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = None) -> ToyRun:
+    """Move cfg.ipc points per class by SGD (cfg.dc_lr) on DC's distance (toy_dc_loss), a fresh
+    random-feature map and linear layer (N(0, 0.1^2), DC's network at initialisation) per step.
+    Same start as distill_toy for the same seed."""
+    gen = torch.Generator().manual_seed(cfg.seed + 1)  # salted: not the data's draws
+    syn, labels_syn = init_points(data, cfg.ipc, gen)
+    syn.requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.dc_lr, momentum=cfg.momentum)
+    subpops = Subpopulations(robust, cfg.seed) if robust is not None else None
+    num_classes = int(data.y.max()) + 1
+    path, losses = [syn.detach().clone()], []
+    for it in range(cfg.iterations):
+        net = random_features(cfg.features, gen)
+        theta = 0.1 * torch.randn(num_classes, cfg.features, generator=gen)
+        loss = toy_dc_loss(data, syn, labels_syn, net, theta, robust, subpops, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

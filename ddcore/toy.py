@@ -180,14 +180,24 @@ def distill_toy(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = Non
     robust : RobustConfig, optional
         None: plain DM; else robust.dm_objective with its alpha, max_weight, robust_weight, clustering.
     """
+
+    def step_loss(syn, labels_syn, subpops, it, gen):
+        return toy_loss(data, syn, labels_syn, random_features(cfg.features, gen), robust, subpops, it)
+
+    return _descend(data, cfg, cfg.lr, robust, step_loss)
+
+
+def _descend(data: ToyData, cfg: ToyConfig, lr: float, robust: RobustConfig | None, step_loss) -> ToyRun:
+    """SGD with momentum on cfg.ipc points per class (real init), cfg.iterations steps of
+    step_loss(syn, labels_syn, subpops, it, generator); the same start for every objective."""
     gen = torch.Generator().manual_seed(cfg.seed + 1)  # salted: not the data's draws
     syn, labels_syn = init_points(data, cfg.ipc, gen)
     syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=cfg.lr, momentum=cfg.momentum)
+    opt = torch.optim.SGD([syn], lr=lr, momentum=cfg.momentum)
     subpops = Subpopulations(robust, cfg.seed) if robust is not None else None
     path, losses = [syn.detach().clone()], []
     for it in range(cfg.iterations):
-        loss = toy_loss(data, syn, labels_syn, random_features(cfg.features, gen), robust, subpops, it)
+        loss = step_loss(syn, labels_syn, subpops, it, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -237,23 +247,14 @@ def distill_toy_dc(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = 
     """Move cfg.ipc points per class by SGD (cfg.dc_lr) on DC's distance (toy_dc_loss), a fresh
     random-feature map and linear layer (N(0, 0.1^2), DC's network at initialisation) per step.
     Same start as distill_toy for the same seed."""
-    gen = torch.Generator().manual_seed(cfg.seed + 1)  # salted: not the data's draws
-    syn, labels_syn = init_points(data, cfg.ipc, gen)
-    syn.requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=cfg.dc_lr, momentum=cfg.momentum)
-    subpops = Subpopulations(robust, cfg.seed) if robust is not None else None
     num_classes = int(data.y.max()) + 1
-    path, losses = [syn.detach().clone()], []
-    for it in range(cfg.iterations):
+
+    def step_loss(syn, labels_syn, subpops, it, gen):
         net = random_features(cfg.features, gen)
         theta = 0.1 * torch.randn(num_classes, cfg.features, generator=gen)
-        loss = toy_dc_loss(data, syn, labels_syn, net, theta, robust, subpops, it)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        path.append(syn.detach().clone())
-        losses.append(loss.item())
-    return ToyRun(torch.stack(path), labels_syn, losses)
+        return toy_dc_loss(data, syn, labels_syn, net, theta, robust, subpops, it)
+
+    return _descend(data, cfg, cfg.dc_lr, robust, step_loss)
 
 
 def run_toy(

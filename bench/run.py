@@ -117,8 +117,8 @@ METHODS = ("dm", "dm+robust", "dc", "dc+robust", "mtt", "d3", "d3+robust", "eval
 
 
 def base_method(method: str) -> str:
-    """The plain method of a row: 'dm+robust' -> 'dm'; dc+robust stays itself (its own DC loops)."""
-    return method if method == "dc+robust" else method.removesuffix("+robust")
+    """The plain method of a row: 'dm+robust' -> 'dm', 'dc+robust' -> 'dc'."""
+    return method.removesuffix("+robust")
 
 
 SIDE_BY_SIDE_NETS = 3  # eval-sbs: the students of one evaluation (EvalConfig.num_nets)
@@ -716,8 +716,8 @@ def robust_ratios(rows: list[dict]) -> list[tuple[str, str, int, float]]:
     }
     out = []
     for (method, shape, ipc), seconds in plain.items():
-        base = "dc" if method == "dc+robust" else base_method(method)
-        if method.endswith("+robust") and (base, shape, ipc) in plain:
+        base = base_method(method)
+        if base != method and (base, shape, ipc) in plain:
             out.append((method, shape, ipc, seconds / plain[(base, shape, ipc)]))
     return out
 

@@ -155,18 +155,15 @@ def run_notebook(
 
     profile=None: in place, with the notebook's defaults (figures into results/figures), then
     the figures it made are copied into the tracked figures/. overrides: parameters set on top of
-    the profile (not in place: the committed outputs are the defaults' run).
+    the profile, as reproduce has checked them (never in place: the committed outputs are the defaults' run).
     """
     import papermill as pm
 
     check_choice("notebook", name, available_notebooks())
     output = out_dir / f"{name}.ipynb"
     if profile is None:  # no parameters: papermill injects no cell, the committed code runs as it is
-        if overrides:
-            raise ValueError("in place, notebooks run with their own defaults: -p is not allowed with --in-place")
         params = {}
-    else:
-        check_overrides(name, overrides or {})
+    else:  # overrides were checked against the notebook by reproduce, before any notebook ran
         params = {
             **profile_parameters(profile, name),
             **(overrides or {}),

@@ -15,14 +15,17 @@ notebooks/, their figures into the tracked figures/: the outputs readers and nbv
 from the committed code. Every other run writes figures under results/ and leaves figures/ alone.
 Each notebook executed in place is stamped (metadata "ddcore": {"executed_code": digest}) with a
 digest of its code cells, so a test fails when a code cell is edited without executing it again
-(`source_digest`, `stale_notebooks`).
+(`source_digest`, `stale_notebooks`), and with the numbers its conclusion quotes, which nbval
+compares with a fresh run's within the students' noise (`ddcore.studies.quoted`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -33,6 +36,7 @@ import pandas as pd
 import yaml
 
 from .checks import check_choice, check_writable_dir
+from .studies.quoted import RECORD_ENV
 from .studies.report import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,12 +111,15 @@ def source_digest(nb: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def stamp(path: Path) -> None:
-    """Record in the notebook at `path` the digest of the code its outputs came from."""
+def stamp(path: Path, quoted: Path | None = None) -> None:
+    """Record in the notebook at `path` the digest of the code its outputs came from, and the numbers
+    its conclusion quotes when the run wrote them to `quoted` (studies.quoted.check_quoted)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     nb.metadata["ddcore"] = {"executed_code": source_digest(nb)}
+    if quoted is not None and quoted.exists():
+        nb.metadata["ddcore"]["quoted"] = json.loads(quoted.read_text())
     nbformat.write(nb, path)
 
 
@@ -171,26 +178,46 @@ def run_notebook(
             "figures_dir": str(out_dir / "figures"),
         }
     start, started = time.perf_counter(), time.time()
+    quoted = out_dir / f"{name}.quoted.json"
+    quoted.unlink(missing_ok=True)
+    # In place, the kernel (which inherits this environment) records its conclusion's numbers there.
+    record = {RECORD_ENV: str(quoted)} if profile is None else {}
     try:
-        pm.execute_notebook(
-            str(NOTEBOOKS / f"{name}.ipynb"),
-            str(output),
-            parameters=params,
-            cwd=str(NOTEBOOKS),
-            progress_bar=progress,
-            kernel_name="python3",
-            kernel_manager_class=ipc_kernel_manager(),
-        )
+        with _environment(record):
+            pm.execute_notebook(
+                str(NOTEBOOKS / f"{name}.ipynb"),
+                str(output),
+                parameters=params,
+                cwd=str(NOTEBOOKS),
+                progress_bar=progress,
+                kernel_name="python3",
+                kernel_manager_class=ipc_kernel_manager(),
+            )
     except pm.PapermillExecutionError as err:
         raise NotebookFailed(
             f"notebook {name} failed in cell In [{err.exec_count}] ({err.ename}: {err.evalue}); "
             f"its partial output is {output}"
         ) from None
     if profile is None:  # only a run that finished replaces the committed notebook
-        stamp(output)
+        stamp(output, quoted)
         shutil.copy2(output, NOTEBOOKS / f"{name}.ipynb")
         publish_figures(ROOT / "results" / "figures", ROOT / "figures", since=started)
     return Outcome(name, True, time.perf_counter() - start, output)
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """Set environment variables for the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def publish_figures(source: Path, target: Path, since: float) -> list[Path]:

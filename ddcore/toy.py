@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_float, check_int
+from .checks import check_choice, check_float, check_int
 from .distill.dc import gradient_distance
 from .distill.dm import cluster_means_loss, double_layer_loss, mean_matching_loss
 from .robust import RobustConfig, Subpopulations, normalized_robust_risk
@@ -258,12 +258,15 @@ def distill_toy_dc(data: ToyData, cfg: ToyConfig, robust: RobustConfig | None = 
 
 
 def run_toy(
-    cfg: ToyConfig | None = None, objectives: dict[str, RobustConfig | None] | None = None
+    cfg: ToyConfig | None = None, objectives: dict[str, RobustConfig | None] | None = None, method: str = "dm"
 ) -> tuple[ToyData, dict[str, ToyRun]]:
-    """The toy's data and one run per objective (OBJECTIVES by default), all from the same start."""
+    """The toy's data and one run per objective, all from the same start: method 'dm' (distill_toy,
+    OBJECTIVES by default) or 'dc' (distill_toy_dc, DC_OBJECTIVES by default)."""
+    check_choice("method", method, ["dm", "dc"])
     cfg = cfg or ToyConfig()
     data = make_toy(cfg)
-    return data, {name: distill_toy(data, cfg, robust) for name, robust in (objectives or OBJECTIVES).items()}
+    run, default = (distill_toy, OBJECTIVES) if method == "dm" else (distill_toy_dc, DC_OBJECTIVES)
+    return data, {name: run(data, cfg, robust) for name, robust in (objectives or default).items()}
 
 
 def distance_to_rare(run: ToyRun, data: ToyData, step: int = -1) -> torch.Tensor:

@@ -247,3 +247,26 @@ def test_in_place_stamps_the_code_its_outputs_came_from(fake_project, monkeypatc
 def test_committed_notebooks_were_executed_from_their_code():
     """A code cell edited without `make notebooks` (or --in-place --only NAME) fails here."""
     assert rp.stale_notebooks() == []
+
+
+def test_in_place_records_the_numbers_the_conclusion_quotes(fake_project, monkeypatch):
+    """make notebooks: the kernel writes its quoted numbers, reproduce keeps them in the metadata;
+    a later run (nbval's) compares with them, and the environment is left as it was."""
+    monkeypatch.setattr(rp, "ROOT", fake_project)
+    (fake_project / "figures").mkdir()
+    body = (
+        "import pandas as pd\nfrom ddcore.studies.quoted import check_quoted, quoted_numbers\n"
+        "results = pd.DataFrame({'method': ['dm', 'dm'], 'accuracy': [0.5, 0.7]})\n"
+        "print(check_quoted(quoted_numbers(results, ('method',)), '10_ok', {'value': value}))"
+    )
+    _notebook(fake_project / "nb" / "10_ok.ipynb", body)
+    rp.reproduce(None, only=["10_ok"], results_root=fake_project / "results", progress=False)
+    nb = nbformat.read(rp.NOTEBOOKS / "10_ok.ipynb", as_version=4)
+    quoted = nb.metadata["ddcore"]["quoted"]
+    assert quoted["parameters"] == {"value": 1} and quoted["numbers"]["method=dm accuracy"]["mean"] == pytest.approx(60)
+    assert nb.cells[-1].outputs[0]["text"].strip().endswith(": True")
+    assert rp.RECORD_ENV not in os.environ
+    # a run under a profile compares instead of recording: other parameters, so it says so
+    rp.reproduce("cpu", only=["10_ok"], results_root=fake_project / "results", progress=False)
+    out = nbformat.read(fake_project / "results" / "cpu" / "10_ok.ipynb", as_version=4)
+    assert "parameters differ from the committed run's (value)" in out.cells[-1].outputs[0]["text"]

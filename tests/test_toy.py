@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from ddcore.robust import RobustConfig
-from ddcore.toy import DC_OBJECTIVES, OBJECTIVES, ToyConfig, distance_to_rare, distill_toy, distill_toy_dc, make_toy
+from ddcore.toy import (
+    DC_OBJECTIVES,
+    OBJECTIVES,
+    ToyConfig,
+    distance_to_rare,
+    distill_toy,
+    distill_toy_dc,
+    make_toy,
+    run_toy,
+)
 
 NEAR = 1.0  # "on a mode": a third of the distance between a class's modes (3.0), about 3 standard deviations
 
@@ -65,3 +74,15 @@ def test_dc_with_the_robust_target_moves_a_point_to_the_rare_mode_and_plain_dc_d
         near_rare[name] = distance_to_rare(run, data).min(1).values  # (C,) nearest point per class
     plain, robust = near_rare.values()
     assert (plain > 1.2).all() and (robust < NEAR).all(), near_rare
+
+
+def test_run_toy_runs_either_method_from_the_same_start():
+    cfg = ToyConfig(iterations=30)
+    data, dm_runs = run_toy(cfg)
+    _, dc_runs = run_toy(cfg, method="dc")
+    assert list(dm_runs) == list(OBJECTIVES) and list(dc_runs) == list(DC_OBJECTIVES)
+    first = next(iter(DC_OBJECTIVES.values()))
+    assert torch.equal(next(iter(dc_runs.values())).path, distill_toy_dc(data, cfg, first).path)
+    assert torch.equal(next(iter(dc_runs.values())).path[0], next(iter(dm_runs.values())).path[0])
+    with pytest.raises(ValueError, match="method"):
+        run_toy(cfg, method="mtt")

@@ -22,7 +22,6 @@ compares with a fresh run's within the students' noise (`ddcore.studies.quoted`)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import yaml
@@ -183,7 +183,7 @@ def run_notebook(
     # In place, the kernel (which inherits this environment) records its conclusion's numbers there.
     record = {RECORD_ENV: str(quoted)} if profile is None else {}
     try:
-        with _environment(record):
+        with mock.patch.dict(os.environ, record):  # restores the environment afterwards
             pm.execute_notebook(
                 str(NOTEBOOKS / f"{name}.ipynb"),
                 str(output),
@@ -203,21 +203,6 @@ def run_notebook(
         shutil.copy2(output, NOTEBOOKS / f"{name}.ipynb")
         publish_figures(ROOT / "results" / "figures", ROOT / "figures", since=started)
     return Outcome(name, True, time.perf_counter() - start, output)
-
-
-@contextlib.contextmanager
-def _environment(values: dict):
-    """Set environment variables for the block, then restore what was there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def publish_figures(source: Path, target: Path, since: float) -> list[Path]:

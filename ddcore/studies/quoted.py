@@ -129,7 +129,7 @@ def check_quoted(
 
 def _comparable(parameters: dict) -> dict:
     """The parameters that decide the numbers, as JSON values (what a recorded run stores)."""
-    return json.loads(json.dumps(_jsonable({k: v for k, v in parameters.items() if k not in IGNORED_PARAMETERS})))
+    return _jsonable({k: v for k, v in parameters.items() if k not in IGNORED_PARAMETERS})
 
 
 def _plain(value):

@@ -213,14 +213,19 @@ def test_render_has_the_d3_section(tmp_path):
 def test_robust_claim_keeps_runs_of_different_lengths_apart(tmp_path):
     from ddcore.studies.robust_claim import claim_table, load_robust_rows, plot_claim
 
-    short = [_robust(v, 0, r, r) for v, r in (("dm", (0.5,) * 3), ("dm+dl", (0.8,) * 3))]
-    long = [{**_robust(v, 0, r, r), "iterations": 1000} for v, r in (("dm", (0.6,) * 3), ("dm+dl", (0.6,) * 3))]
+    curve = {"losses": [[i, 10.0 / (i + 1)] for i in range(30)]}
+    short = [{**_robust(v, 0, r, r), **curve} for v, r in (("dm", (0.5,) * 3), ("dm+dl", (0.8,) * 3))]
+    long = [{**_robust(v, 0, r, r), **curve, "iterations": 1000} for v, r in (("dm", (0.6,) * 3), ("dm+dl", (0.6,) * 3))]
     rows = load_robust_rows([_write(tmp_path / "r.jsonl", short + long)])
     table = claim_table(rows)
     assert table.iterations.tolist() == [300, 1000]
     assert table.verdict.tolist()[0] == "supported" and table.verdict.tolist()[1].startswith("not supported")
-    labels = [t.get_text() for t in plot_claim(rows, 10).axes[0].get_xticklabels()]
+    fig = plot_claim(rows, 10)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert "dm\n300 it.\n(1 seed)" in labels and "dm+dl\n1000 it.\n(1 seed)" in labels
+    # a variant keeps its colour across run lengths, the run length sets the line style: no two curves alike
+    looks = [(line.get_color(), line.get_linestyle()) for line in fig.axes[1].get_lines()]
+    assert len(looks) == 4 and len(set(looks)) == 4 and len({colour for colour, _ in looks}) == 2
 
 
 def test_paper_scale_lines_count_the_seeds_run_at_that_scale():

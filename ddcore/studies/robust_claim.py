@@ -19,6 +19,7 @@ from ..verdicts import compare
 METRICS = {"accuracy": "average", "rare_group_accuracy": "rare subgroup", "cluster_min_accuracy": "cluster min"}
 CELL = ["benchmark", "variant", "ipc", "seed", "width", "epochs", "iterations"]
 AVERAGE_TOLERANCE = 1.0  # points the average may lose
+LINE_STYLES = ("-", "--", ":", "-.")  # the longest runs solid
 FLOOR = 10.0  # chance on the 10-class benchmarks: a metric with plain and robust both at or below it is at its floor
 
 
@@ -126,11 +127,16 @@ def plot_claim(rows: pd.DataFrame, ipc: int):
     ax.set(ylabel="test accuracy (%)", ylim=(0, 112), title=f"IPC {ipc}: mean +- sd over all students of the seeds")
     ax.set_yticks(range(0, 101, 20))
     ax.legend(fontsize=8, loc="upper center", ncol=len(METRICS))  # in the band above 100%: on no bar
+    # one colour per variant and one line style per run length, so that no two curves look alike
+    colours = dict(zip(stats.variant.unique(), plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]))
+    lengths = sorted(stats.iterations.unique(), reverse=True)
+    styles = {its: LINE_STYLES[i % len(LINE_STYLES)] for i, its in enumerate(lengths)}
     for (variant, its), g in rows.groupby(["variant", "iterations"], sort=False):
         curves = [pd.Series(dict(losses)) for losses in g.get("losses", []) if isinstance(losses, list) and losses]
         if curves:
             mean = pd.concat(curves, axis=1).mean(axis=1).rolling(20, min_periods=1).mean()
-            ax_loss.plot(mean.index, mean / mean.iloc[0], label=variant + (f", {its} it." if several else ""))
+            label = variant + (f", {its} it." if several else "")
+            ax_loss.plot(mean.index, mean / mean.iloc[0], color=colours[variant], ls=styles[its], label=label)
     ax_loss.set(xlabel="distillation iteration", ylabel="loss / first (20-it. mean)", title="distillation loss")
     ax_loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no curve hidden
     fig.tight_layout()

@@ -215,7 +215,9 @@ def test_robust_claim_keeps_runs_of_different_lengths_apart(tmp_path):
 
     curve = {"losses": [[i, 10.0 / (i + 1)] for i in range(30)]}
     short = [{**_robust(v, 0, r, r), **curve} for v, r in (("dm", (0.5,) * 3), ("dm+dl", (0.8,) * 3))]
-    long = [{**_robust(v, 0, r, r), **curve, "iterations": 1000} for v, r in (("dm", (0.6,) * 3), ("dm+dl", (0.6,) * 3))]
+    long = [
+        {**_robust(v, 0, r, r), **curve, "iterations": 1000} for v, r in (("dm", (0.6,) * 3), ("dm+dl", (0.6,) * 3))
+    ]
     rows = load_robust_rows([_write(tmp_path / "r.jsonl", short + long)])
     table = claim_table(rows)
     assert table.iterations.tolist() == [300, 1000]

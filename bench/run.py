@@ -3,7 +3,7 @@ against the machine's own fp32 matmul rate (issue #7). Run by hand on a quiet ma
 
     python bench/run.py [--device cpu|cuda] [--quick] [--only dm dc ...] [--out results/bench]
                         [--threads N] [--repeats 5] [--shapes mnist5k] [--ipcs 1 10] [--tables main memory]
-                        [--list]
+                        [--list] [--resume]
 
 Workloads (printed with the results): `dm`, `dc`, `dc+robust` (RobustConfig() defaults: the
 group-robust risk inside the matching target, dc_risk='target'; chunk_size only acts on the
@@ -35,7 +35,9 @@ here) time iterations of --dc-outer-cap (2) outer steps with the reference's inn
 them without warm-up (the first outer step warms the rest); est_full_s is the full iteration
 at the same GFLOP/s (measured seconds x full GFLOP / capped GFLOP), and --dc-outer-cap 0 times
 full iterations (one, above 5 TFLOP). The CSV records warmup and repeats per row; --list prints
-the plan and a rough duration.
+the plan and a rough duration. --resume keeps the ok rows of an earlier run's CSV (same device,
+threads and torch; its `run` column says when each row's process started) and times only the rest,
+so that a full run can be spread over several quiet windows; the figure's title then says so.
 After the workload, the same process times torch.mm of two n x n fp32 matrices (n 2048, 4096 on
 CUDA): 2 n^3 / the median of 7 after 2 warm-ups. The header's rate is the parent's, at start.
 
@@ -181,6 +183,8 @@ class Settings:
     tables: tuple[str, ...] = ("main", "memory")  # --tables: which of the two tables to run
     list_only: bool = False  # --list: print the plan, time nothing
     plot_only: str | None = None  # --plot-only CSV: redraw the figure, time nothing
+    resume: bool = False  # --resume: keep the CSV's ok rows of this plan, time only the rest
+    started: str = ""  # when this process started (UTC, ISO 8601): the CSV's `run`, so resumed rows show
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -209,6 +213,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         help="main: every method at its defaults; memory: the memory options against syn_steps and ipc",
     )
     p.add_argument("--list", action="store_true", help="print the workloads and their GFLOP, time nothing")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of an earlier run's CSV (same device, threads and torch) and time only the "
+        "workloads it lacks or failed: a full run spread over quiet windows",
+    )
     args = p.parse_args(argv)
     s = Settings(
         plot_only=args.plot_only,
@@ -221,6 +231,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         tables=tuple(args.tables),
         dc_outer_cap=args.dc_outer_cap or None,
         matmul_n=4096 if args.device == "cuda" else 2048,
+        resume=args.resume,
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     if args.quick:
         s = dataclasses.replace(
@@ -633,7 +645,7 @@ def recomputed(w: Workload) -> bool | None:
 
 def summarize(w: Workload, result: dict | str, s: Settings) -> dict:
     """One CSV row: the workload's settings and its statistics (empty if its worker failed)."""
-    run_info = {"device": s.device, "threads": s.threads, "torch": torch.__version__}
+    run_info = {"device": s.device, "threads": s.threads, "torch": torch.__version__, "run": s.started}
     settings = {**dataclasses.asdict(w), "recomputed": recomputed(w)}
     if isinstance(result, str):
         return {**settings, "status": result, **dict.fromkeys(STATS), **run_info}
@@ -790,11 +802,38 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """Atomically (a temporary file renamed over the old one): an interrupted write loses no row."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def workload_key(row: Workload | dict) -> tuple[str, ...]:
+    """A workload's settings as text, equal for a Workload and its row read back from the CSV."""
+    values = dataclasses.asdict(row) if isinstance(row, Workload) else row
+    return tuple("" if values.get(f.name) is None else str(values.get(f.name)) for f in dataclasses.fields(Workload))
+
+
+def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> list[dict]:
+    """--resume: the earlier CSV's ok rows of workloads in this plan, once each (the last kept). Rows
+    measured under another device, thread count or torch would not compare side by side: refused."""
+    if not csv_path.exists():
+        return []
+    rows = [r for r in read_csv(csv_path) if r["status"] == "ok"]
+    now = {"device": s.device, "threads": s.threads, "torch": torch.__version__}
+    for r in rows:
+        then = {k: r.get(k) for k in now}
+        if {k: str(v) for k, v in then.items()} != {k: str(v) for k, v in now.items()}:
+            raise SystemExit(
+                f"--resume: {csv_path} was measured with {then}, this run is {now}; "
+                "rerun with the same --device, --threads and torch, or use another --out"
+            )
+    wanted = {workload_key(w) for w in plan}
+    return list({workload_key(r): r for r in rows if workload_key(r) in wanted}.values())
 
 
 def device_label(device: str) -> str:
@@ -853,8 +892,10 @@ def plot(rows: list[dict], s: Settings, label: str) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("seconds per iteration (median; bars min-max)")
     axes[0][0].legend(fontsize=8)
+    runs = sorted({str(r.get("run")) for r in main})
+    spread = f"; rows from {len(runs)} runs ({runs[0]} to {runs[-1]}), --resume" if len(runs) > 1 else ""
     fig.suptitle(
-        f"{label}\n{s.threads} thread{'s' if s.threads > 1 else ''}, torch {torch.__version__}"
+        f"{label}\n{s.threads} thread{'s' if s.threads > 1 else ''}, torch {torch.__version__}{spread}"
         f"{'  [--quick: a smoke test, not a measurement]' if s.quick else ''}",
         fontsize=10,
     )
@@ -890,7 +931,11 @@ def main(argv: list[str] | None = None) -> None:
     if s.plot_only:
         return print(f"wrote {plot(read_csv(Path(s.plot_only)), s, label)}")
     out = Path(s.out)
-    paths, experts_dir = prepare(s, plan, out)
+    csv_path = out / f"bench_{s.device}{'_quick' if s.quick else ''}.csv"
+    rows = resumed_rows(plan, csv_path, s) if s.resume else []
+    done = {workload_key(r) for r in rows}
+    todo = [w for w in plan if workload_key(w) not in done]
+    paths, experts_dir = prepare(s, todo, out)
     memory = "peak RSS of the row's process" if s.device == "cpu" else "torch.cuda.max_memory_allocated"
     print(
         f"{label}, {s.threads} thread(s), torch {torch.__version__}; fp32 matmul {s.matmul_n}^2: {rate:.0f} GFLOP/s\n"
@@ -913,10 +958,15 @@ def main(argv: list[str] | None = None) -> None:
             "peak MiB",
         )
     )
-    rows, csv_path = [], out / f"bench_{s.device}{'_quick' if s.quick else ''}.csv"
-    for w in plan:
+    for r in rows:
+        print_row(r)
+    if rows:
+        print(f"(kept {len(rows)} rows of {csv_path}, from runs started {sorted({str(r.get('run')) for r in rows})})")
+    order = {key: i for i, key in enumerate(map(workload_key, plan))}
+    for w in todo:
         rows.append(summarize(w, run_workload(w, s, paths[w.shape], experts_dir), s))
         print_row(rows[-1])
+        rows.sort(key=lambda r: order[workload_key(r)])  # the plan's order, resumed rows or not
         write_csv(rows, csv_path)  # after every row: an interrupted run keeps what it measured
     print_robust_ratios(rows)
     print_memory_table(rows)

@@ -180,3 +180,38 @@ def test_only_a_full_run_redraws_the_tracked_figure():
     for argv in (["--only", "dm"], ["--ipcs", "50"], ["--shapes", "cifar10"], ["--tables", "main"], ["--quick"]):
         figure = bench.parse_settings([*argv, "--out", "results/x"]).figure
         assert figure.startswith("results/x/") and not figure.startswith("figures"), argv
+
+
+def test_resume_keeps_an_earlier_runs_ok_rows_and_times_only_the_rest(tmp_path, monkeypatch):
+    timed = []
+
+    def fake_run(w, s, path, experts_dir):
+        timed.append(w)
+        return {"seconds": [1.0, 2.0], "gflop": 4.0, "matmul_gflops": 8.0, "setup_mib": 1.0, "peak_mib": 2.0}
+
+    monkeypatch.setattr(bench, "run_workload", fake_run)
+    monkeypatch.setattr(bench, "prepare", lambda s, plan, out: ({w.shape: None for w in plan}, out / "experts"))
+    monkeypatch.setattr(bench, "matmul_gflops", lambda *a: 8.0)
+    monkeypatch.setattr(bench, "plot", lambda rows, s, label: Path(s.figure))
+    argv = ["--quick", "--only", "dm", "eval", "--tables", "main", "--threads", "1", "--out", str(tmp_path)]
+    plan = bench.build_plan(bench.parse_settings(argv))
+    csv_path = tmp_path / "bench_cpu_quick.csv"
+
+    bench.main(argv)  # a first run, stopped after it had timed every workload
+    first = bench.read_csv(csv_path)
+    assert len(timed) == len(plan) == len(first) > 2
+    first[1] = {**first[1], "status": "failed: exit code -9", "median_s": None}  # one row failed then
+    bench.write_csv(first, csv_path)
+
+    timed.clear()
+    bench.main([*argv, "--resume"])
+    assert [bench.workload_key(w) for w in timed] == [bench.workload_key(plan[1])]  # only the failed one again
+    again = bench.read_csv(csv_path)
+    assert [bench.workload_key(r) for r in again] == [bench.workload_key(w) for w in plan]  # the plan's order
+    assert again[0] == first[0] and again[1]["status"] == "ok"
+
+    timed.clear()
+    bench.main(argv)  # without --resume: a fresh run times everything
+    assert len(timed) == len(plan)
+    with pytest.raises(SystemExit, match="--threads"):  # rows of another thread count do not compare
+        bench.main([*argv[:-4], "--threads", "2", "--out", str(tmp_path), "--resume"])

@@ -168,6 +168,8 @@ def test_robust_claim_pools_seeds_and_grades_the_claim(tmp_path):
     assert table.loc["dm+dl", "verdict"] == "not supported (average down 5.0)"
     assert table.loc["dm+default", "verdict"].startswith("not supported (rare subgroup not up beyond noise")
     assert table.loc["dm+cm", "rare subgroup"].startswith("52.0 -> 72.0 (+20.0, noise")
+    assert table.loc["dm+cm", "rare, paired by seed"] == "+20.0 / +20.0 / +20.0"
+    assert table.loc["dm+default", "rare, paired by seed"] == "+0.3 / +0.3 / +0.3"
     text = rp.render(rp.load_rows([]), rows)
     assert "### Robust distillation" in text and "| mnist5k_rare-invert-0p1 | 10 | dm+cm |" in text
 

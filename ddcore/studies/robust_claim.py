@@ -80,12 +80,25 @@ def claim_table(rows: pd.DataFrame) -> pd.DataFrame:
                 f"{b[f'{m}_mean']:.1f} -> {r[f'{m}_mean']:.1f} ({diffs[m].diff:+.1f}, noise {diffs[m].noise:.1f})"
                 + (" at floor" if m in floor else "")
             )
+        # the seeds set both runs' initial images and batches, so robust - plain on each seed (its students'
+        # mean) shows the effect without the seeds' spread, which the pooled noise above includes
+        line["rare, paired by seed"] = " / ".join(f"{d:+.1f}" for d in paired_by_seed(plain, g, "rare_group_accuracy"))
         line["images moved"] = f"{b.moved:.2f} / {r.moved:.2f}"
         line["verdict"] = claim_verdict(diffs, floor)
         lines.append(line)
     if not lines:
         return pd.DataFrame()
     return pd.DataFrame(lines).sort_values(["benchmark", "IPC", "iterations"], kind="stable").reset_index(drop=True)
+
+
+def paired_by_seed(plain: pd.DataFrame, robust: pd.DataFrame, metric: str) -> list[float]:
+    """Robust minus plain (%) of the students' mean of `metric`, seed by seed (the robust rows' seeds)."""
+
+    def means(rows):
+        return {int(s): 100 * float(np.mean(v)) for s, v in zip(rows.seed, rows[metric])}
+
+    p, r = means(plain), means(robust)
+    return [r[s] - p[s] for s in sorted(r)]
 
 
 def claim_verdict(diffs: dict, floor: set[str] = frozenset()) -> str:

@@ -44,8 +44,9 @@ def main() -> None:
     p.add_argument("--out", default="results/bench_ab_robust", help="folder of the data and the experts")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    settings = bench.Settings(methods=tuple(args.methods), shapes=(args.shape,), ipcs=tuple(args.ipcs))
-    settings = dataclasses.replace(settings, width=args.width, tables=("main",))
+    settings = bench.Settings(
+        methods=tuple(args.methods), shapes=(args.shape,), ipcs=tuple(args.ipcs), width=args.width, tables=("main",)
+    )
     pairs = []
     for w in bench.build_plan(settings):
         if w.method in args.methods:

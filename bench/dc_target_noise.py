@@ -30,7 +30,7 @@ import torch
 
 from ddcore.augment import apply_dsa, dsa_for, sample_dsa
 from ddcore.data import load_dataset
-from ddcore.distill.dc import class_gradients, gradient_distance, robust_class_gradients
+from ddcore.distill.dc import class_gradients, class_ids_fn, gradient_distance, robust_class_gradients
 from ddcore.models import ModelConfig, build_model
 from ddcore.robust import RobustConfig, Subpopulations
 from ddcore.studies.robust_experiment import make_benchmarks
@@ -48,20 +48,12 @@ TARGETS = {
 
 def target(net, images, raw, c, syn_c, robust: RobustConfig | None) -> list[torch.Tensor]:
     """One class's DC target on `images` (the real batch `raw` under a DSA draw): plain, or robust
-    over the Voronoi cells of `syn_c` or K-means clusters of `raw`'s pixels, as dc.class_ids_fn."""
+    with the subpopulation ids DC itself uses (dc.class_ids_fn: Voronoi cells of `syn_c`, or K-means
+    clusters of `raw`'s pixels)."""
     labels = torch.full((len(images),), c)
     if robust is None:
         return class_gradients(net, images, labels, False)
-    subpops = Subpopulations(robust)
-    labels_syn = torch.full((len(syn_c),), c)
-
-    def ids(feats):
-        if robust.clustering == "kmeans":
-            return subpops.from_features(0, net, raw.flatten(1), labels)
-        with torch.no_grad():
-            feats_syn = net.embed(syn_c).float()
-        return subpops.from_features(0, net, feats, labels, feats_syn, labels_syn)
-
+    ids = class_ids_fn(Subpopulations(robust), 0, net, raw, syn_c, c)
     return robust_class_gradients(net, images, labels, ids, robust)
 
 

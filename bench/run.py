@@ -824,10 +824,10 @@ def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> list[dict
     if not csv_path.exists():
         return []
     rows = [r for r in read_csv(csv_path) if r["status"] == "ok"]
-    now = {"device": s.device, "threads": s.threads, "torch": torch.__version__}
+    now = {"device": s.device, "threads": str(s.threads), "torch": torch.__version__}
     for r in rows:
-        then = {k: r.get(k) for k in now}
-        if {k: str(v) for k, v in then.items()} != {k: str(v) for k, v in now.items()}:
+        then = {k: str(r.get(k)) for k in now}  # read_csv made the thread count a number
+        if then != now:
             raise SystemExit(
                 f"--resume: {csv_path} was measured with {then}, this run is {now}; "
                 "rerun with the same --device, --threads and torch, or use another --out"

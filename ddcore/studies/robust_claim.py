@@ -141,7 +141,8 @@ def plot_claim(rows: pd.DataFrame, ipc: int):
     ax.set_yticks(range(0, 101, 20))
     ax.legend(fontsize=8, loc="upper center", ncol=len(METRICS))  # in the band above 100%: on no bar
     # one colour per variant and one line style per run length, so that no two curves look alike
-    colours = dict(zip(stats.variant.unique(), plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]))
+    tab20 = plt.get_cmap("tab20").colors  # its dark shades first, then the light ones
+    colours = dict(zip(stats.variant.unique(), tab20[::2] + tab20[1::2]))
     lengths = sorted(stats.iterations.unique(), reverse=True)
     styles = {its: LINE_STYLES[i % len(LINE_STYLES)] for i, its in enumerate(lengths)}
     for (variant, its), g in rows.groupby(["variant", "iterations"], sort=False):

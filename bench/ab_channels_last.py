@@ -1,0 +1,110 @@
+"""Side by side: the CPU hot paths with the network and images in channels_last memory format
+against the default NCHW (the performance issue's item 4). Run by hand on a quiet machine, never
+in CI:
+
+    python bench/ab_channels_last.py [--rounds 3] [--threads 2] [--repeats 5]
+
+Why: bench/conv_rate.py measured the ConvNet's 128 -> 128 3x3 convolutions (forward + backward)
+at 0.71 / 0.87 of the matmul rate in NCHW and 0.91 / 0.99 in channels_last (16x16 / 8x8), so
+the epoch might gain from channels_last if the norms, pools and DSA do not lose it again.
+
+Workloads, each in both formats, alternating within every round so that load from other
+processes hits both alike (one process; nothing here is set at import):
+- eval ipc 10 / 50: train_network for 1 epoch (TrainConfig() defaults, DSA) on ipc real mnist5k
+  images per class, ConvNet-3 width 128, as evaluation trains a student (train_student converts
+  the same way under EvalConfig(accel=AccelConfig(channels_last=True)));
+- mtt ipc 10: one MTT iteration (MTTConfig() defaults, one 4-epoch expert, width 128) with
+  accel=AccelConfig(channels_last=True), i.e. distill's own option.
+Each figure is the median of `repeats` after a warm-up; a round prints NCHW / channels_last
+seconds; the summary gives the median over rounds and the speed-up (NCHW / channels_last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from ddcore.accel import AccelConfig, to_memory_format
+from ddcore.augment import dsa_for
+from ddcore.data import load_dataset
+from ddcore.distill import distill
+from ddcore.distill.common import Run, fresh_net, init_synthetic
+from ddcore.experts import ExpertConfig
+from ddcore.models import ModelConfig
+from ddcore.train import TrainConfig, train_network
+
+FORMATS = {"NCHW": None, "channels_last": AccelConfig(channels_last=True)}
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def eval_epoch(data, ipc: int, accel) -> callable:
+    gen = torch.Generator().manual_seed(0)
+    run = Run(dataset=data, ipc=ipc, seed=0, device=torch.device("cpu"), progress=False)
+    images, labels = init_synthetic(run, "real", gen)
+    net = to_memory_format(fresh_net(run, ModelConfig(width=128), gen), accel)
+    images = to_memory_format(images, accel)
+    return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
+
+
+def mtt_iteration(data, accel, expert_dir: str, repeats: int) -> float:
+    seconds = []
+    distill(
+        "mtt",
+        data,
+        10,
+        seed=0,
+        progress=False,
+        iterations=1 + repeats,
+        dsa=True,
+        experts=ExpertConfig(num_experts=1, epochs=4, model=ModelConfig(width=128)),
+        experts_dir=expert_dir,
+        max_start_epoch=2,
+        expert_epochs=2,
+        accel=accel,
+        on_iteration=lambda it, loss, s: seconds.append(s),
+    )
+    return statistics.median(seconds[1:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_dataset("mnist5k")
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as expert_dir:
+        for r in range(args.rounds):
+            for work in ("eval ipc 10", "eval ipc 50", "mtt ipc 10"):
+                cells = results.setdefault(work, {name: [] for name in FORMATS})
+                for name, accel in FORMATS.items():
+                    if work.startswith("eval"):
+                        s = median_seconds(eval_epoch(data, int(work.split()[-1]), accel), args.repeats)
+                    else:
+                        s = mtt_iteration(data, accel, expert_dir, args.repeats)
+                    cells[name].append(s)
+                print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.3f}" for n in FORMATS), flush=True)
+    print(f"\n{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up")
+    print(f"{'workload':<14}{'NCHW s':>10}{'channels_last s':>17}{'speed-up':>10}")
+    for work, cells in results.items():
+        a, b = (statistics.median(cells[n]) for n in FORMATS)
+        print(f"{work:<14}{a:>10.3f}{b:>17.3f}{a / b:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

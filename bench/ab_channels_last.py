@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
+from abtiming import median_seconds, print_summary
 
 from ddcore.accel import AccelConfig, to_memory_format
 from ddcore.augment import dsa_for
@@ -38,16 +38,6 @@ from ddcore.models import ModelConfig
 from ddcore.train import TrainConfig, train_network
 
 FORMATS = {"NCHW": None, "channels_last": AccelConfig(channels_last=True)}
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def eval_epoch(data, ipc: int, accel) -> callable:
@@ -99,11 +89,8 @@ def main() -> None:
                         s = mtt_iteration(data, accel, expert_dir, args.repeats)
                     cells[name].append(s)
                 print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.3f}" for n in FORMATS), flush=True)
-    print(f"\n{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up")
-    print(f"{'workload':<14}{'NCHW s':>10}{'channels_last s':>17}{'speed-up':>10}")
-    for work, cells in results.items():
-        a, b = (statistics.median(cells[n]) for n in FORMATS)
-        print(f"{work:<14}{a:>10.3f}{b:>17.3f}{a / b:>10.2f}")
+    header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up"
+    print_summary(results, tuple(FORMATS), header)
 
 
 if __name__ == "__main__":

@@ -16,25 +16,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-
-
-def seconds(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from abtiming import median_seconds
 
 
 def matmul_gflops(n: int = 2048) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / seconds(lambda: a @ b) / 1e9
+    return 2 * n**3 / median_seconds(lambda: a @ b, 3) / 1e9
 
 
 def conv_gflops(batch: int, size: int, channels_last: bool, width: int = 128) -> float:
@@ -46,7 +36,7 @@ def conv_gflops(batch: int, size: int, channels_last: bool, width: int = 128) ->
         y = F.conv2d(x, w, padding=1)
         y.backward(torch.ones_like(y))
 
-    return 3 * 2 * batch * size * size * 9 * width * width / seconds(step) / 1e9
+    return 3 * 2 * batch * size * size * 9 * width * width / median_seconds(step, 3) / 1e9
 
 
 def main() -> None:

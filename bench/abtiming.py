@@ -18,12 +18,18 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def print_summary(results: dict[str, dict[str, list[float]]], variants: tuple[str, str], header: str) -> None:
-    """One line per workload: the median over rounds of each variant's seconds and their ratio
-    (first / second: above 1 means the second variant is faster)."""
-    a_name, b_name = variants
-    print(f"\n{header}")
-    print(f"{'workload':<14}{a_name + ' s':>16}{b_name + ' s':>18}{'speed-up':>10}")
+def print_summary(results: dict[str, dict[str, list[float]]], variants: tuple[str, ...], header: str) -> None:
+    """One line per workload: the median over rounds of each variant's seconds, and each later
+    variant's speed-up over the first (first / variant: above 1 means that variant is faster)."""
+    base, others = variants[0], variants[1:]
+    print(f"\n{header}; speed-up = {base} / variant")
+    print(
+        f"{'workload':<14}" + "".join(f"{v + ' s':>18}" for v in variants) + "".join(f"{'x ' + v:>18}" for v in others)
+    )
     for work, cells in results.items():
-        a, b = (statistics.median(cells[v]) for v in variants)
-        print(f"{work:<14}{a:>16.4f}{b:>18.4f}{a / b:>10.2f}")
+        med = {v: statistics.median(cells[v]) for v in variants}
+        print(
+            f"{work:<14}"
+            + "".join(f"{med[v]:>18.4f}" for v in variants)
+            + "".join(f"{med[base] / med[v]:>18.2f}" for v in others)
+        )

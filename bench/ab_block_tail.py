@@ -65,7 +65,9 @@ def use_tail(net: nn.Module, variant: str) -> nn.Module:
 
 
 def op_pass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, variant: str):
-    grad_out = torch.randn(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+    grad_out = torch.randn(
+        x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2, generator=torch.Generator().manual_seed(1)
+    )
 
     def step():
         xi = x.detach().requires_grad_(True)

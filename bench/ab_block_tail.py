@@ -24,17 +24,14 @@ Each figure is the median of `repeats` after a warm-up; the summary gives the me
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from abtiming import median_seconds, print_summary
+from abtiming import median_seconds, print_summary, student_epoch
 
-from ddcore.augment import dsa_for
 from ddcore.data import load_dataset
-from ddcore.distill.common import Run, fresh_net, init_synthetic
-from ddcore.models import ModelConfig
-from ddcore.train import TrainConfig, train_network
 
 VARIANTS = ("stock", "instance_norm", "compiled")
 
@@ -78,14 +75,6 @@ def op_pass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, variant: 
     return step
 
 
-def epoch(data, ipc: int, variant: str):
-    gen = torch.Generator().manual_seed(0)
-    run = Run(dataset=data, ipc=ipc, seed=0, device=torch.device("cpu"), progress=False)
-    images, labels = init_synthetic(run, "real", gen)
-    net = use_tail(fresh_net(run, ModelConfig(width=128), gen), variant)
-    return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -113,7 +102,7 @@ def main() -> None:
         for ipc in (10, 50):
             cells = results.setdefault(f"epoch ipc {ipc}", {v: [] for v in VARIANTS})
             for v in VARIANTS:
-                cells[v].append(median_seconds(epoch(data, ipc, v), args.repeats))
+                cells[v].append(median_seconds(student_epoch(data, ipc, partial(use_tail, variant=v)), args.repeats))
         cells = [f"{w} " + " / ".join(f"{c[v][-1]:.4f}" for v in VARIANTS) for w, c in results.items()]
         print(f"round {r}: " + "; ".join(cells), flush=True)
     print_summary(results, VARIANTS, f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats}")

@@ -24,29 +24,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+from functools import partial
 
 import torch
-from abtiming import median_seconds, print_summary
+from abtiming import median_seconds, print_summary, student_epoch
 
 from ddcore.accel import AccelConfig, to_memory_format
-from ddcore.augment import dsa_for
 from ddcore.data import load_dataset
 from ddcore.distill import distill
-from ddcore.distill.common import Run, fresh_net, init_synthetic
 from ddcore.experts import ExpertConfig
 from ddcore.models import ModelConfig
-from ddcore.train import TrainConfig, train_network
 
 FORMATS = {"NCHW": None, "channels_last": AccelConfig(channels_last=True)}
 
 
-def eval_epoch(data, ipc: int, accel) -> callable:
-    gen = torch.Generator().manual_seed(0)
-    run = Run(dataset=data, ipc=ipc, seed=0, device=torch.device("cpu"), progress=False)
-    images, labels = init_synthetic(run, "real", gen)
-    net = to_memory_format(fresh_net(run, ModelConfig(width=128), gen), accel)
-    images = to_memory_format(images, accel)
-    return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
+def eval_epoch_seconds(data, ipc: int, accel, repeats: int) -> float:
+    convert = partial(to_memory_format, accel=accel)
+    return median_seconds(student_epoch(data, ipc, convert, convert), repeats)
 
 
 def mtt_iteration(data, accel, expert_dir: str, repeats: int) -> float:
@@ -79,15 +73,16 @@ def main() -> None:
     data = load_dataset("mnist5k")
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as expert_dir:
+        workloads = {  # name -> seconds of one variant, given its accel
+            "eval ipc 10": lambda accel: eval_epoch_seconds(data, 10, accel, args.repeats),
+            "eval ipc 50": lambda accel: eval_epoch_seconds(data, 50, accel, args.repeats),
+            "mtt ipc 10": lambda accel: mtt_iteration(data, accel, expert_dir, args.repeats),
+        }
         for r in range(args.rounds):
-            for work in ("eval ipc 10", "eval ipc 50", "mtt ipc 10"):
+            for work, seconds in workloads.items():
                 cells = results.setdefault(work, {name: [] for name in FORMATS})
                 for name, accel in FORMATS.items():
-                    if work.startswith("eval"):
-                        s = median_seconds(eval_epoch(data, int(work.split()[-1]), accel), args.repeats)
-                    else:
-                        s = mtt_iteration(data, accel, expert_dir, args.repeats)
-                    cells[name].append(s)
+                    cells[name].append(seconds(accel))
                 print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.3f}" for n in FORMATS), flush=True)
     header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up"
     print_summary(results, tuple(FORMATS), header)

@@ -1,10 +1,13 @@
-"""Timing helpers shared by the side-by-side (A/B) scripts in bench/: a median of repeated calls
-after a warm-up, and the summary table of variants measured alternately over rounds."""
+"""Helpers shared by the side-by-side (A/B) scripts in bench/: a median of repeated calls after a
+warm-up, one student's training epoch as a workload, and the summary table of variants measured
+alternately over rounds."""
 
 from __future__ import annotations
 
 import statistics
 import time
+
+import torch
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -16,6 +19,24 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def student_epoch(data, ipc: int, prepare_net=None, prepare_images=None):
+    """A call that trains one ConvNet-3 width 128 student for 1 epoch (TrainConfig() defaults, DSA)
+    on `ipc` real images per class of `data`, as evaluation does; built from seed 0. prepare_net /
+    prepare_images, when given, turn the fresh network / the images into a variant's before timing."""
+    from ddcore.augment import dsa_for  # here, not at import: conv_rate.py needs only the timer
+    from ddcore.distill.common import Run, fresh_net, init_synthetic
+    from ddcore.models import ModelConfig
+    from ddcore.train import TrainConfig, train_network
+
+    gen = torch.Generator().manual_seed(0)
+    run = Run(dataset=data, ipc=ipc, seed=0, device=torch.device("cpu"), progress=False)
+    images, labels = init_synthetic(run, "real", gen)
+    net = fresh_net(run, ModelConfig(width=128), gen)
+    net = prepare_net(net) if prepare_net else net
+    images = prepare_images(images) if prepare_images else images
+    return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
 
 
 def print_summary(results: dict[str, dict[str, list[float]]], variants: tuple[str, ...], header: str) -> None:

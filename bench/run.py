@@ -37,7 +37,8 @@ at the same GFLOP/s (measured seconds x full GFLOP / capped GFLOP), and --dc-out
 full iterations (one, above 5 TFLOP). The CSV records warmup and repeats per row; --list prints
 the plan and a rough duration. --resume keeps the ok rows of an earlier run's CSV (same device,
 threads and torch; its `run` column says when each row's process started) and times only the rest,
-so that a full run can be spread over several quiet windows; the figure's title then says so.
+so that a full run can be spread over several quiet windows; the figure's title then says so. With
+--only or --tables it retimes only that part of the plan and writes the CSV's other rows back as they were.
 After the workload, the same process times torch.mm of two n x n fp32 matrices (n 2048, 4096 on
 CUDA): 2 n^3 / the median of 7 after 2 warm-ups. The header's rate is the parent's, at start.
 
@@ -818,14 +819,16 @@ def workload_key(row: Workload | dict) -> tuple[str, ...]:
     return tuple("" if values.get(f.name) is None else str(values.get(f.name)) for f in dataclasses.fields(Workload))
 
 
-def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> list[dict]:
-    """--resume: the earlier CSV's ok rows of workloads in this plan, once each (the last kept). Rows
-    measured under another device, thread count or torch would not compare side by side: refused."""
+def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> tuple[list[dict], list[dict]]:
+    """--resume: (the earlier CSV's ok rows of workloads in this plan, once each (the last kept); its rows
+    of workloads outside this plan, as they were). The second list is written back unchanged, so that a
+    run narrowed with --only or --tables loses none of the rows it did not time. Rows measured under
+    another device, thread count or torch would not compare side by side: refused."""
     if not csv_path.exists():
-        return []
-    rows = [r for r in read_csv(csv_path) if r["status"] == "ok"]
+        return [], []
+    earlier = read_csv(csv_path)
     now = {"device": s.device, "threads": str(s.threads), "torch": torch.__version__}
-    for r in rows:
+    for r in earlier:
         then = {k: str(r.get(k)) for k in now}  # read_csv made the thread count a number
         if then != now:
             raise SystemExit(
@@ -833,7 +836,8 @@ def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> list[dict
                 "rerun with the same --device, --threads and torch, or use another --out"
             )
     wanted = {workload_key(w) for w in plan}
-    return list({workload_key(r): r for r in rows if workload_key(r) in wanted}.values())
+    kept = {workload_key(r): r for r in earlier if r["status"] == "ok" and workload_key(r) in wanted}
+    return list(kept.values()), [r for r in earlier if workload_key(r) not in wanted]
 
 
 def device_label(device: str) -> str:
@@ -932,7 +936,7 @@ def main(argv: list[str] | None = None) -> None:
         return print(f"wrote {plot(read_csv(Path(s.plot_only)), s, label)}")
     out = Path(s.out)
     csv_path = out / f"bench_{s.device}{'_quick' if s.quick else ''}.csv"
-    rows = resumed_rows(plan, csv_path, s) if s.resume else []
+    rows, outside_plan = resumed_rows(plan, csv_path, s) if s.resume else ([], [])
     done = {workload_key(r) for r in rows}
     todo = [w for w in plan if workload_key(w) not in done]
     paths, experts_dir = prepare(s, todo, out)
@@ -967,9 +971,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(summarize(w, run_workload(w, s, paths[w.shape], experts_dir), s))
         print_row(rows[-1])
         rows.sort(key=lambda r: order[workload_key(r)])  # the plan's order, resumed rows or not
-        write_csv(rows, csv_path)  # after every row: an interrupted run keeps what it measured
+        write_csv(rows + outside_plan, csv_path)  # after every row: an interrupted run keeps what it measured
+    if not todo and outside_plan:
+        write_csv(rows + outside_plan, csv_path)
     print_robust_ratios(rows)
     print_memory_table(rows)
+    if outside_plan:
+        print(f"(carried {len(outside_plan)} rows of {csv_path} outside this plan through unchanged)")
     print(f"\nwrote {csv_path} and {plot(rows, s, label)}")
 
 

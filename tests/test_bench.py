@@ -210,6 +210,17 @@ def test_resume_keeps_an_earlier_runs_ok_rows_and_times_only_the_rest(tmp_path, 
     assert [bench.workload_key(r) for r in again] == [bench.workload_key(w) for w in plan]  # the plan's order
     assert again[0] == first[0] and again[1]["status"] == "ok"
 
+    # a narrowed resume (one method of the two) retimes a missing row and keeps the other method's rows
+    dm_row = next(i for i, w in enumerate(plan) if w.method == "dm")
+    bench.write_csv([r for i, r in enumerate(again) if i != dm_row], csv_path)
+    timed.clear()
+    bench.main([*argv[:3], *argv[4:], "--resume"])  # --only dm
+    assert [bench.workload_key(w) for w in timed] == [bench.workload_key(plan[dm_row])]
+    narrowed = bench.read_csv(csv_path)
+    assert sorted(map(bench.workload_key, narrowed)) == sorted(map(bench.workload_key, plan))
+    eval_rows = [r for r in again if r["method"] == "eval"]
+    assert eval_rows and all(r in narrowed for r in eval_rows)  # unchanged, not dropped
+
     timed.clear()
     bench.main(argv)  # without --resume: a fresh run times everything
     assert len(timed) == len(plan)

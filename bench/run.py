@@ -840,6 +840,22 @@ def resumed_rows(plan: list[Workload], csv_path: Path, s: Settings) -> tuple[lis
     return list(kept.values()), [r for r in earlier if workload_key(r) not in wanted]
 
 
+def full_plan_order(rows: list[dict], s: Settings) -> list[dict]:
+    """rows in the order a full run (every method, shape, table and ipc) writes them, whichever part
+    of it this run timed; rows of workloads outside it stay last, in their order."""
+    full = build_plan(
+        dataclasses.replace(
+            s,
+            methods=METHODS,
+            shapes=tuple(SHAPES),
+            tables=("main", "memory"),
+            ipcs=tuple(sorted({*s.ipcs, 1, 10, 50})),
+        )
+    )
+    order = {key: i for i, key in enumerate(map(workload_key, full))}
+    return sorted(rows, key=lambda r: order.get(workload_key(r), len(order)))
+
+
 def device_label(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
@@ -966,14 +982,13 @@ def main(argv: list[str] | None = None) -> None:
         print_row(r)
     if rows:
         print(f"(kept {len(rows)} rows of {csv_path}, from runs started {sorted({str(r.get('run')) for r in rows})})")
-    order = {key: i for i, key in enumerate(map(workload_key, plan))}
     for w in todo:
         rows.append(summarize(w, run_workload(w, s, paths[w.shape], experts_dir), s))
         print_row(rows[-1])
-        rows.sort(key=lambda r: order[workload_key(r)])  # the plan's order, resumed rows or not
-        write_csv(rows + outside_plan, csv_path)  # after every row: an interrupted run keeps what it measured
+        write_csv(full_plan_order(rows + outside_plan, s), csv_path)  # after every row: an interrupted run
+        # keeps what it measured
     if not todo and outside_plan:
-        write_csv(rows + outside_plan, csv_path)
+        write_csv(full_plan_order(rows + outside_plan, s), csv_path)
     print_robust_ratios(rows)
     print_memory_table(rows)
     if outside_plan:

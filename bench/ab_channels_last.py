@@ -22,18 +22,14 @@ seconds; the summary gives the median over rounds and the speed-up (NCHW / chann
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from functools import partial
 
 import torch
-from abtiming import median_seconds, print_summary, student_epoch
+from abtiming import median_seconds, mtt_iteration, print_summary, student_epoch
 
 from ddcore.accel import AccelConfig, to_memory_format
 from ddcore.data import load_dataset
-from ddcore.distill import distill
-from ddcore.experts import ExpertConfig
-from ddcore.models import ModelConfig
 
 FORMATS = {"NCHW": None, "channels_last": AccelConfig(channels_last=True)}
 
@@ -41,26 +37,6 @@ FORMATS = {"NCHW": None, "channels_last": AccelConfig(channels_last=True)}
 def eval_epoch_seconds(data, ipc: int, accel, repeats: int) -> float:
     convert = partial(to_memory_format, accel=accel)
     return median_seconds(student_epoch(data, ipc, convert, convert), repeats)
-
-
-def mtt_iteration(data, accel, expert_dir: str, repeats: int) -> float:
-    seconds = []
-    distill(
-        "mtt",
-        data,
-        10,
-        seed=0,
-        progress=False,
-        iterations=1 + repeats,
-        dsa=True,
-        experts=ExpertConfig(num_experts=1, epochs=4, model=ModelConfig(width=128)),
-        experts_dir=expert_dir,
-        max_start_epoch=2,
-        expert_epochs=2,
-        accel=accel,
-        on_iteration=lambda it, loss, s: seconds.append(s),
-    )
-    return statistics.median(seconds[1:])
 
 
 def main() -> None:
@@ -76,7 +52,7 @@ def main() -> None:
         workloads = {  # name -> seconds of one variant, given its accel
             "eval ipc 10": lambda accel: eval_epoch_seconds(data, 10, accel, args.repeats),
             "eval ipc 50": lambda accel: eval_epoch_seconds(data, 50, accel, args.repeats),
-            "mtt ipc 10": lambda accel: mtt_iteration(data, accel, expert_dir, args.repeats),
+            "mtt ipc 10": lambda accel: mtt_iteration(data, expert_dir, args.repeats, accel),
         }
         for r in range(args.rounds):
             for work, seconds in workloads.items():

@@ -39,6 +39,32 @@ def student_epoch(data, ipc: int, prepare_net=None, prepare_images=None):
     return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
 
 
+def mtt_iteration(data, expert_dir: str, repeats: int, accel=None) -> float:
+    """Median seconds of `repeats` MTT iterations after a warm-up one, at IPC 10 (MTTConfig() defaults,
+    DSA, one 4-epoch width-128 expert trained into expert_dir on the first call), with `accel`."""
+    from ddcore.distill import distill
+    from ddcore.experts import ExpertConfig
+    from ddcore.models import ModelConfig
+
+    seconds = []
+    distill(
+        "mtt",
+        data,
+        10,
+        seed=0,
+        progress=False,
+        iterations=1 + repeats,
+        dsa=True,
+        experts=ExpertConfig(num_experts=1, epochs=4, model=ModelConfig(width=128)),
+        experts_dir=expert_dir,
+        max_start_epoch=2,
+        expert_epochs=2,
+        accel=accel,
+        on_iteration=lambda it, loss, s: seconds.append(s),
+    )
+    return statistics.median(seconds[1:])
+
+
 def print_summary(results: dict[str, dict[str, list[float]]], variants: tuple[str, ...], header: str) -> None:
     """One line per workload: the median over rounds of each variant's seconds, and each later
     variant's speed-up over the first (first / variant: above 1 means that variant is faster)."""

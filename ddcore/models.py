@@ -6,6 +6,7 @@ Every factory returns a CPU module; the caller moves it to a device. Every netwo
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -80,7 +81,57 @@ def _act(kind: str) -> nn.Module:
 
 
 def _pool(kind: str) -> nn.Module:
-    return {"avg": nn.AvgPool2d(2), "max": nn.MaxPool2d(2), "none": nn.Identity()}[kind]
+    return {"avg": AvgPool2x2(), "max": nn.MaxPool2d(2), "none": nn.Identity()}[kind]
+
+
+# 2x2 average pooling of contiguous NCHW CPU tensors runs as a matmul (avg_pool_2x2); False runs
+# torch's avg_pool2d everywhere (read at each call, so benchmarks can compare the two).
+POOL_AS_MATMUL = True
+
+
+@functools.lru_cache(maxsize=32)
+def _pool_matrix(width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(2 width, width // 2): entry (r, j) = 1/4 where row r of two stacked image rows falls in
+    output column j, i.e. (r mod width) // 2 == j; 0 elsewhere."""
+    with torch.inference_mode(False):  # autograd saves it for backward, so never an inference tensor
+        r = torch.arange(2 * width, device=device)
+        m = torch.zeros(2 * width, width // 2, dtype=dtype, device=device)
+        m[r, (r % width) // 2] = 0.25
+    return m
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.avg_pool2d(x, 2) of (N, C, H, W) x; the same numbers (each output is 1/4 times the sum of
+    its four inputs, the other products are exact zeros).
+
+    On the CPU, with H and W even, each pair of image rows (2 W contiguous floats) times
+    _pool_matrix(W) gives the pooled row: one matmul forward, one backward. torch's avg_pool2d
+    loops over windows without vectorising and zero-fills its gradient first; at the ConvNet's
+    (256, 128, 32 / 16 / 8) it costs 1.7x / 2.4x / 5x the matmul's time forward + backward
+    (bench/ab_pool.py). Elsewhere (CUDA, odd sizes, channels-last or other layouts): avg_pool2d."""
+    n, c, h, w = x.shape
+    if (
+        not POOL_AS_MATMUL
+        or x.device.type != "cpu"
+        or h % 2
+        or w % 2
+        or x.dtype not in (torch.float32, torch.float64)
+        or not x.is_contiguous()
+    ):
+        return F.avg_pool2d(x, 2)
+    return (x.reshape(-1, 2 * w) @ _pool_matrix(w, x.dtype, x.device)).view(n, c, h // 2, w // 2)
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """nn.AvgPool2d(2) computed by avg_pool_2x2 (an AvgPool2d still, for code that checks the type)."""
+
+    def __init__(self):
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        return avg_pool_2x2(x)
 
 
 class _CheckedInput(nn.Module):

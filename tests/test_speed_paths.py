@@ -3,6 +3,7 @@
 - ConvNet's fused first block (conv + instance norm as one per-image matmul of the patches)
   against the stock modules: exact in float64, and short float32 runs of every method that
   trains through a ConvNet stay within a stated tolerance of the stock run;
+- ConvNet's 2x2 average pool as a matmul (models.avg_pool_2x2) against torch's avg_pool2d;
 - the allocator setting made at import (runtime.keep_freed_memory).
 """
 
@@ -141,6 +142,69 @@ def test_evaluation_is_unchanged_by_fusion(small, tiny_model, monkeypatch):
     fused, stock = run_both(monkeypatch, lambda: evaluate_synthetic(syn, small, cfg, seed=0))
     # 20 epochs of SGD from the same seed: predictions agree except where rounding tips an argmax
     assert abs(fused.accuracy[0] - stock.accuracy[0]) <= 0.01
+
+
+# --- 2x2 average pool as a matmul ---
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 32, 32), (2, 5, 8, 6), (1, 1, 2, 2), (2, 3, 7, 9)])
+def test_pool_as_matmul_matches_avg_pool2d_to_second_order(shape, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen, dtype=dtype, requires_grad=True)
+    out_grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=gen, dtype=dtype)
+    results = []
+    for pool in (models.avg_pool_2x2, lambda v: F.avg_pool2d(v, 2)):
+        y = pool(x)
+        (dx,) = torch.autograd.grad(y, x, out_grad, create_graph=True)
+        (ddx,) = torch.autograd.grad((dx * x).sum(), x)  # a double backward, as MTT takes through the net
+        results.append((y, dx, ddx))
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-13)
+    for ours, stock in zip(*results):
+        torch.testing.assert_close(ours, stock, **tol)
+
+
+def test_pool_as_matmul_is_used_where_it_applies_and_can_be_switched_off(monkeypatch):
+    calls = []
+    real = F.avg_pool2d
+    monkeypatch.setattr(F, "avg_pool2d", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    pool = models.AvgPool2x2()
+    assert isinstance(pool, nn.AvgPool2d)  # fastpath and other code check the type
+    pool(torch.randn(2, 3, 8, 8))
+    assert calls == []  # the matmul
+    pool(torch.randn(2, 3, 7, 8))  # odd height
+    pool(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last))
+    pool(torch.randn(3, 8, 8))  # unbatched
+    assert len(calls) == 3
+    monkeypatch.setattr(models, "POOL_AS_MATMUL", False)
+    pool(torch.randn(2, 3, 8, 8))
+    assert len(calls) == 4
+    net = ConvNet(1, 10, (28, 28), width=8)
+    assert [type(m) for m in net.features[3::4]] == [models.AvgPool2x2] * 3
+    assert list(net.state_dict()) == list(ConvNet(1, 10, (28, 28), width=8, pool="max").state_dict())
+
+
+def test_pool_matrix_made_under_inference_mode_still_trains():
+    """The matrix is cached; one first made inside torch.inference_mode must not be an inference
+    tensor, or autograd could not save it for a later training step."""
+    models._pool_matrix.cache_clear()
+    with torch.inference_mode():
+        models.avg_pool_2x2(torch.randn(1, 2, 6, 6))
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    models.avg_pool_2x2(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 0.25))
+
+
+def test_a_convnet_trains_alike_with_either_pool(monkeypatch):
+    net = affine_net(1, (28, 28))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 1, 28, 28, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (6,), generator=gen)
+    loss_m, dx_m, g_m = loss_and_grads(net, x, y, fuse=True)
+    monkeypatch.setattr(models, "POOL_AS_MATMUL", False)
+    loss_s, dx_s, g_s = loss_and_grads(net, x, y, fuse=True)
+    torch.testing.assert_close(loss_m, loss_s, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx_m, dx_s, rtol=1e-10, atol=1e-12)
+    for name in g_s:
+        torch.testing.assert_close(g_m[name], g_s[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_the_allocator_setting_is_made_at_import_and_can_be_declined():

@@ -178,9 +178,14 @@ def conv_instance_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.GroupNorm) -> 
 
     Returns (N, cout, H W), flat: an in-place activation on a view would cost a copy in backward.
     On the CPU the stock pair costs 2-2.5x more with autograd (oneDNN runs 1- and 3-channel
-    convs slowly, and GroupNorm makes two more passes over the 128 x 32 x 32 output)."""
+    convs slowly, and GroupNorm makes two more passes over the 128 x 32 x 32 output).
+
+    The shift rides in the matmul as one more patch row of ones: baddbmm(shift, w_img, patches)
+    would first copy the broadcast shift into the whole output, and its backward would sum the
+    output's gradient over H W for the shift, two passes over the largest tensor of the net."""
     patches, w_img, shift = instance_norm_affine(x, conv, norm)
-    return torch.baddbmm(shift, w_img, patches)
+    ones = patches.new_ones(len(x), 1, patches.shape[2])
+    return torch.bmm(torch.cat([w_img, shift], 2), torch.cat([patches, ones], 1))
 
 
 class ConvNet(_CheckedInput):

@@ -54,7 +54,10 @@ F_1 the first convolution, per image:
   recomputed MTT or D3 step (the CSV's `recomputed`) takes its first 3F twice; that 3F is not
   counted, so it shows as a lower ratio.
 So: dm = F_embed (real + 2 syn); dc = outer x [(3F - F_1) real + 9F syn] + (outer - 1) x inner x
-(3F - F_1) syn; dc+robust adds per outer step F_embed (real + syn) + (3F - F_1) real; mtt =
+(3F - F_1) syn; dc+robust adds per outer step F_embed (real + syn) (each class's subpopulation ids
+from the embeddings; with RobustConfig's default dc_risk 'target' the weighted real gradient replaces
+plain DC's, at its cost), and with dc_risk 'network' or 'both' (3F - F_1) real more for the robust
+network step; mtt =
 9F x syn_steps x batch; d3 = mtt + F_embed (real + 2 decoded) + 3 decoder x decoded; eval =
 (3F - F_1) syn; eval-sbs = 3 x eval. GFLOP/s = that count / median seconds, and ratio = GFLOP/s /
 matmul GFLOP/s.
@@ -426,7 +429,9 @@ def iteration_flops(w: Workload, f: dict[str, int], real_per_class: int | None =
     if w.method in ("dc", "dc+robust"):
         per_outer = train * real + 9 * fwd * syn
         if w.method == "dc+robust":
-            per_outer += emb * (real + syn) + train * real
+            per_outer += emb * (real + syn)
+            if RobustConfig().dc_risk != "target":  # the robust network step trains on the real batch
+                per_outer += train * real
         return w.outer_loop * per_outer + (w.outer_loop - 1) * w.inner_loop * train * syn
     unrolled = 9 * fwd * w.syn_steps * min(w.batch_syn or syn, syn)
     if w.method == "mtt":

@@ -133,6 +133,19 @@ def test_a_failed_worker_gives_a_row_with_its_status(capsys):
     )
 
 
+def test_dc_robust_adds_only_the_subpopulation_embeddings_with_the_default_target_risk():
+    """With dc_risk 'target' the robust real gradient replaces plain DC's: the extra conv FLOPs are
+    the embeddings of each class's real and synthetic batch, per outer step (the rule once also
+    counted a training pass on the real batch, which gave ratios above 1)."""
+    assert bench.RobustConfig().dc_risk == "target"
+    s = bench.parse_settings(["--only", "dc", "dc+robust"])
+    plan = [w for w in bench.build_plan(s) if w.ipc == 10 and w.shape == "mnist5k" and w.table == "main"]
+    dc, robust = sorted(plan, key=lambda w: w.method)
+    f = bench.per_image_flops(dc.shape, dc.width)
+    extra = bench.iteration_flops(robust, f) - bench.iteration_flops(dc, f)
+    assert extra == dc.outer_loop * f["embed"] * 10 * (dc.batch_real + dc.ipc)
+
+
 def test_a_capped_dc_row_estimates_the_full_iteration_at_the_same_rate():
     s = bench.parse_settings(["--only", "dc"])
     w = [w for w in bench.build_plan(s) if w.ipc == 10 and w.shape == "mnist5k"][0]

@@ -23,13 +23,12 @@ Each figure is the median of `repeats` after a warm-up; the summary gives the me
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from abtiming import median_seconds, print_summary, student_epoch
+from abtiming import ab_parser, alternate, median_seconds, print_summary, student_epoch
 
 from ddcore.data import load_dataset
 
@@ -76,11 +75,7 @@ def op_pass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, variant: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args()
+    args = ab_parser(__doc__.splitlines()[0], repeats=7).parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     weight = (torch.rand(128, generator=gen) + 0.5).requires_grad_()
@@ -93,18 +88,19 @@ def main() -> None:
             diffs = f"max |output diff| {(y - y0).abs().max():.1e}, input grad {(g - g0).abs().max():.1e}"
             print(f"{size}x{size} {v}: {diffs}")
     data = load_dataset("mnist5k")
-    results: dict[str, dict[str, list[float]]] = {}
-    for r in range(args.rounds):
-        for size, x in batches.items():
-            cells = results.setdefault(f"op {size}x{size}", {v: [] for v in VARIANTS})
-            for v in VARIANTS:
-                cells[v].append(median_seconds(op_pass(x, weight, bias, v), args.repeats))
-        for ipc in (10, 50):
-            cells = results.setdefault(f"epoch ipc {ipc}", {v: [] for v in VARIANTS})
-            for v in VARIANTS:
-                cells[v].append(median_seconds(student_epoch(data, ipc, partial(use_tail, variant=v)), args.repeats))
-        cells = [f"{w} " + " / ".join(f"{c[v][-1]:.4f}" for v in VARIANTS) for w, c in results.items()]
-        print(f"round {r}: " + "; ".join(cells), flush=True)
+    workloads = {
+        **{
+            f"op {size}x{size}": (lambda v, x=x: median_seconds(op_pass(x, weight, bias, v), args.repeats))
+            for size, x in batches.items()
+        },
+        **{
+            f"epoch ipc {ipc}": (
+                lambda v, ipc=ipc: median_seconds(student_epoch(data, ipc, partial(use_tail, variant=v)), args.repeats)
+            )
+            for ipc in (10, 50)
+        },
+    }
+    results = alternate(workloads, {v: v for v in VARIANTS}, args.rounds)
     print_summary(results, VARIANTS, f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats}")
 
 

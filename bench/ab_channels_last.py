@@ -21,12 +21,11 @@ seconds; the summary gives the median over rounds and the speed-up (NCHW / chann
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from functools import partial
 
 import torch
-from abtiming import median_seconds, mtt_iteration, print_summary, student_epoch
+from abtiming import ab_parser, alternate, median_seconds, mtt_iteration, print_summary, student_epoch
 
 from ddcore.accel import AccelConfig, to_memory_format
 from ddcore.data import load_dataset
@@ -40,26 +39,16 @@ def eval_epoch_seconds(data, ipc: int, accel, repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    args = ab_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
-    results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as expert_dir:
         workloads = {  # name -> seconds of one variant, given its accel
             "eval ipc 10": lambda accel: eval_epoch_seconds(data, 10, accel, args.repeats),
             "eval ipc 50": lambda accel: eval_epoch_seconds(data, 50, accel, args.repeats),
             "mtt ipc 10": lambda accel: mtt_iteration(data, expert_dir, args.repeats, accel),
         }
-        for r in range(args.rounds):
-            for work, seconds in workloads.items():
-                cells = results.setdefault(work, {name: [] for name in FORMATS})
-                for name, accel in FORMATS.items():
-                    cells[name].append(seconds(accel))
-                print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.3f}" for n in FORMATS), flush=True)
+        results = alternate(workloads, FORMATS, args.rounds)
     header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up"
     print_summary(results, tuple(FORMATS), header)
 

@@ -19,11 +19,11 @@ and the speed-up (baddbmm / ones row: above 1, the ones row is faster).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
+from functools import partial
 
 import torch
-from abtiming import median_seconds, mtt_iteration, print_summary, student_epoch
+from abtiming import ab_parser, alternate, median_seconds, mtt_iteration, print_summary, student_epoch
 
 import ddcore.models
 from ddcore.data import load_dataset
@@ -55,28 +55,18 @@ def block_seconds(repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    args = ab_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
-    results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as expert_dir:
         workloads = {
-            "block 1": lambda: block_seconds(2 * args.repeats),
-            "eval ipc 10": lambda: median_seconds(student_epoch(data, 10), args.repeats),
-            "eval ipc 50": lambda: median_seconds(student_epoch(data, 50), args.repeats),
-            "mtt ipc 10": lambda: mtt_iteration(data, expert_dir, args.repeats),
+            "block 1": lambda _: block_seconds(2 * args.repeats),
+            "eval ipc 10": lambda _: median_seconds(student_epoch(data, 10), args.repeats),
+            "eval ipc 50": lambda _: median_seconds(student_epoch(data, 50), args.repeats),
+            "mtt ipc 10": lambda _: mtt_iteration(data, expert_dir, args.repeats),
         }
-        for r in range(args.rounds):
-            for work, seconds in workloads.items():
-                cells = results.setdefault(work, {name: [] for name in VARIANTS})
-                for name, block in VARIANTS.items():
-                    ddcore.models.conv_instance_norm = block  # ConvNet.embed looks it up at each call
-                    cells[name].append(seconds())
-                print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.4f}" for n in VARIANTS), flush=True)
+        # ConvNet.embed looks conv_instance_norm up at each call
+        results = alternate(workloads, VARIANTS, args.rounds, partial(setattr, ddcore.models, "conv_instance_norm"))
     ddcore.models.conv_instance_norm = VARIANTS["ones row"]
     header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up"
     print_summary(results, tuple(VARIANTS), header)

@@ -21,11 +21,10 @@ and the speed-up (avg_pool2d / matmul: above 1, the matmul is faster).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import torch
-from abtiming import median_seconds, mtt_iteration, print_summary, student_epoch
+from abtiming import ab_parser, alternate, median_seconds, mtt_iteration, print_summary, student_epoch
 
 import ddcore.models
 from ddcore.data import load_dataset
@@ -47,28 +46,17 @@ def pool_seconds(size: int, repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    args = ab_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
-    results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as expert_dir:
         workloads = {
-            **{f"pool {s}": (lambda s=s: pool_seconds(s, 2 * args.repeats)) for s in (32, 16, 8)},
-            "eval ipc 10": lambda: median_seconds(student_epoch(data, 10), args.repeats),
-            "eval ipc 50": lambda: median_seconds(student_epoch(data, 50), args.repeats),
-            "mtt ipc 10": lambda: mtt_iteration(data, expert_dir, args.repeats),
+            **{f"pool {s}": (lambda _, s=s: pool_seconds(s, 2 * args.repeats)) for s in (32, 16, 8)},
+            "eval ipc 10": lambda _: median_seconds(student_epoch(data, 10), args.repeats),
+            "eval ipc 50": lambda _: median_seconds(student_epoch(data, 50), args.repeats),
+            "mtt ipc 10": lambda _: mtt_iteration(data, expert_dir, args.repeats),
         }
-        for r in range(args.rounds):
-            for work, seconds in workloads.items():
-                cells = results.setdefault(work, {name: [] for name in VARIANTS})
-                for name, as_matmul in VARIANTS.items():
-                    ddcore.models.POOL_AS_MATMUL = as_matmul
-                    cells[name].append(seconds())
-                print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.4f}" for n in VARIANTS), flush=True)
+        results = alternate(workloads, VARIANTS, args.rounds, lambda on: setattr(ddcore.models, "POOL_AS_MATMUL", on))
     ddcore.models.POOL_AS_MATMUL = True
     header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up"
     print_summary(results, tuple(VARIANTS), header)

@@ -18,7 +18,6 @@ gives the median over rounds and the speed-up (old / new: above 1, this checkout
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -78,26 +77,18 @@ def timed(tree: str, work: str, args, experts: str) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from abtiming import ab_parser, alternate, print_summary
+
+    p = ab_parser(__doc__.splitlines()[0])
     p.add_argument("--old", required=True, help="folder holding the older ddcore package")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     args = p.parse_args()
     if not (Path(args.old) / "ddcore" / "__init__.py").exists():
         raise SystemExit(f"--old: {args.old} holds no ddcore package (expected {args.old}/ddcore/__init__.py)")
     trees = {"old": str(Path(args.old).resolve()), "new": str(HERE.parent)}
-    results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as experts:
-        for r in range(args.rounds):
-            for work in args.only:
-                cells = results.setdefault(work, {name: [] for name in trees})
-                for name, tree in trees.items():
-                    cells[name].append(timed(tree, work, args, experts))
-                print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.4f}" for n in trees), flush=True)
-    from abtiming import print_summary
-
+        workloads = {work: (lambda tree, work=work: timed(tree, work, args, experts)) for work in args.only}
+        results = alternate(workloads, trees, args.rounds)
     header = f"{args.threads} threads, {args.rounds} rounds, median of {args.repeats} after a warm-up (dc: 2)"
     print_summary(results, tuple(trees), header)
 

@@ -4,8 +4,10 @@ alternately over rounds."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -19,6 +21,12 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    """fp32 GFLOP/s of torch.mm of two n x n matrices: 2 n^3 / the median of `repeats` after a warm-up."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def student_epoch(data, ipc: int, prepare_net=None, prepare_images=None):
@@ -63,6 +71,36 @@ def mtt_iteration(data, expert_dir: str, repeats: int, accel=None) -> float:
         on_iteration=lambda it, loss, s: seconds.append(s),
     )
     return statistics.median(seconds[1:])
+
+
+def ab_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """The options every A/B script takes: --rounds, --threads, --repeats (callers add their own)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=repeats)
+    return p
+
+
+def alternate(
+    workloads: dict[str, Callable[[object], float]],
+    variants: dict[str, object],
+    rounds: int,
+    apply: Callable[[object], None] | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds of every workload under every variant, the variants in turn within each round (so that
+    load from other processes hits them alike): workloads[w](value) for each variant's value, after
+    apply(value) when given. Prints each round's figures; returns {workload: {variant: [seconds]}}."""
+    results: dict[str, dict[str, list[float]]] = {}
+    for r in range(rounds):
+        for work, seconds in workloads.items():
+            cells = results.setdefault(work, {name: [] for name in variants})
+            for name, value in variants.items():
+                if apply is not None:
+                    apply(value)
+                cells[name].append(seconds(value))
+            print(f"round {r}: {work}: " + " / ".join(f"{cells[n][-1]:.4f}" for n in variants), flush=True)
+    return results
 
 
 def print_summary(results: dict[str, dict[str, list[float]]], variants: tuple[str, ...], header: str) -> None:

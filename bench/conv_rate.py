@@ -19,12 +19,7 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from abtiming import median_seconds
-
-
-def matmul_gflops(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, 3) / 1e9
+from abtiming import matmul_gflops, median_seconds
 
 
 def conv_gflops(batch: int, size: int, channels_last: bool, width: int = 128) -> float:
@@ -49,7 +44,7 @@ def main() -> None:
     cases = [(size, cl) for size in (16, 8) for cl in (False, True)]
     ratios = {case: [] for case in cases}
     for r in range(args.rounds):
-        rate = matmul_gflops()
+        rate = matmul_gflops(3)
         cells = [f"matmul {rate:.0f} GFLOP/s"]
         for size, cl in cases:
             g = conv_gflops(args.batch, size, cl)

@@ -36,7 +36,7 @@ import contextlib
 from unittest import mock
 
 import torch
-from abtiming import median_seconds, student_epoch
+from abtiming import matmul_gflops, median_seconds, student_epoch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -47,11 +47,6 @@ from ddcore.models import ConvNet, count_flops
 
 FUSED_TAIL_COPIES = 2.5
 PARTS = ("conv", "tail", "augment", "optimizer", "other")
-
-
-def matmul_gflops(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, 5) / 1e9
 
 
 def copy_gbytes_per_s(mib: int = 256) -> float:
@@ -147,7 +142,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
     for ipc in args.ipcs:
-        rate, bandwidth = matmul_gflops(), copy_gbytes_per_s()
+        rate, bandwidth = matmul_gflops(5), copy_gbytes_per_s()
         epoch = student_epoch(data, ipc)
         seconds = median_seconds(epoch, args.repeats)
         parts = profiled_parts(epoch)

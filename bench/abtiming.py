@@ -73,6 +73,26 @@ def mtt_iteration(data, expert_dir: str, repeats: int, accel=None) -> float:
     return statistics.median(seconds[1:])
 
 
+def dc_iteration(data, repeats: int, ipc: int = 10, outer_loop: int = 2) -> float:
+    """Median seconds of `repeats` DC iterations after a warm-up one (DCConfig() defaults, DSA, ConvNet-3
+    width 128) of `outer_loop` outer steps, each with the reference's inner loop at `ipc`."""
+    from ddcore.distill import distill
+
+    seconds = []
+    distill(
+        "dc",
+        data,
+        ipc,
+        seed=0,
+        progress=False,
+        iterations=1 + repeats,
+        dsa=True,
+        outer_loop=outer_loop,
+        on_iteration=lambda it, loss, s: seconds.append(s),
+    )
+    return statistics.median(seconds[1:])
+
+
 def ab_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
     """The options every A/B script takes: --rounds, --threads, --repeats (callers add their own)."""
     p = argparse.ArgumentParser(description=description)

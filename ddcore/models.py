@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_choice, check_images, check_int
+from .conv import Conv2d
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -220,7 +221,7 @@ class ConvNet(_CheckedInput):
         layers, in_ch = [], channels
         for d in range(depth):
             layers += [
-                nn.Conv2d(in_ch, width, 3, padding=pad if d == 0 else 1),
+                Conv2d(in_ch, width, 3, padding=pad if d == 0 else 1),  # nn.Conv2d, see ddcore/conv.py
                 _norm(norm, width),
                 _act(act),
                 _pool(pool),

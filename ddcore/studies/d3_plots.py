@@ -18,7 +18,7 @@ def accuracy_vs_storage(results: pd.DataFrame, title: str, upper: tuple[float, s
     grouped = results.groupby(["method", "budget"], sort=False)
     table = grouped.agg(acc=("accuracy", "mean"), sd=("accuracy", "std"), storage=("ipc_equivalent", "first"))
     table = table.reset_index()
-    fig, ax = plt.subplots(figsize=(6.6, 4.3))
+    fig, ax = plt.subplots(figsize=(8.4, 4.3))
     for i, (method, rows) in enumerate(table.groupby("method", sort=False)):
         rows = rows.sort_values("storage")
         ax.errorbar(
@@ -40,7 +40,7 @@ def accuracy_vs_storage(results: pd.DataFrame, title: str, upper: tuple[float, s
     ax.set_ylabel("final-epoch test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: inside it hid a line
     fig.tight_layout()
     return fig
 

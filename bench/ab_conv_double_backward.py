@@ -3,7 +3,7 @@ conv3x3 (a backward of first-order convolutions, so that the second derivative o
 trajectory matching never convolves transposed views), on the CPU (the performance issue's item 4).
 Run by hand on a quiet machine, never in CI:
 
-    python bench/ab_conv_double_backward.py [--rounds 3] [--threads 2] [--repeats 3]
+    python bench/ab_conv_double_backward.py [--rounds 3] [--threads 2] [--repeats 3] [--workloads NAME ...]
 
 Why: timing every aten call of an MTT iteration (ConvNet-3 width 128, 100 images, 2 unrolled
 steps) showed the double backward's weight-gradient convolutions on (128, 100, 16, 16) transposed
@@ -19,7 +19,9 @@ within every round so that load from other processes hits both alike (one proces
   ConvNet-3 width 128): first-order only, where conv3x3 must not cost more;
 - dc ipc 10: one DC iteration of 2 outer steps with the reference's inner loop (DCConfig()
   defaults, DSA);
-- mtt ipc 10: one MTT iteration (MTTConfig() defaults, a 4-epoch width-128 expert).
+- mtt ipc 10: one MTT iteration (MTTConfig() defaults, a 4-epoch width-128 expert);
+- d3 ipc 10: one D3 iteration (D3Config() defaults, hard labels) matching the same expert.
+--workloads "d3 ipc 10" ... times a subset.
 Each figure is the median of `repeats` after a warm-up; the summary gives the median over rounds
 and the speed-up (stock / conv3x3: above 1, conv3x3 is faster).
 """
@@ -50,7 +52,9 @@ def second_derivative_seconds(size: int, repeats: int) -> float:
 
 
 def main() -> None:
-    args = ab_parser(__doc__.splitlines()[0], repeats=3).parse_args()
+    parser = ab_parser(__doc__.splitlines()[0], repeats=3)
+    parser.add_argument("--workloads", nargs="+", help="a subset of the workloads, by name (default: all)")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
     with tempfile.TemporaryDirectory() as expert_dir:
@@ -60,7 +64,9 @@ def main() -> None:
             "eval ipc 50": lambda _: median_seconds(student_epoch(data, 50), args.repeats),
             "dc ipc 10": lambda _: dc_iteration(data, args.repeats),
             "mtt ipc 10": lambda _: mtt_iteration(data, expert_dir, args.repeats),
+            "d3 ipc 10": lambda _: mtt_iteration(data, expert_dir, args.repeats, method="d3"),
         }
+        workloads = {name: workloads[name] for name in args.workloads or workloads}
         results = alternate(
             workloads, VARIANTS, args.rounds, lambda on: setattr(ddcore.conv, "TWICE_DIFFERENTIABLE", on)
         )

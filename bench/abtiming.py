@@ -47,16 +47,18 @@ def student_epoch(data, ipc: int, prepare_net=None, prepare_images=None):
     return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
 
 
-def mtt_iteration(data, expert_dir: str, repeats: int, accel=None) -> float:
+def mtt_iteration(data, expert_dir: str, repeats: int, accel=None, method: str = "mtt") -> float:
     """Median seconds of `repeats` MTT iterations after a warm-up one, at IPC 10 (MTTConfig() defaults,
-    DSA, one 4-epoch width-128 expert trained into expert_dir on the first call), with `accel`."""
+    DSA, one 4-epoch width-128 expert trained into expert_dir on the first call), with `accel`.
+    method="d3": D3 iterations instead (D3Config() defaults, hard labels), matching the same expert."""
+    extra = {"soft_labels": False} if method == "d3" else {}
     from ddcore.distill import distill
     from ddcore.experts import ExpertConfig
     from ddcore.models import ModelConfig
 
     seconds = []
     distill(
-        "mtt",
+        method,
         data,
         10,
         seed=0,
@@ -69,6 +71,7 @@ def mtt_iteration(data, expert_dir: str, repeats: int, accel=None) -> float:
         expert_epochs=2,
         accel=accel,
         on_iteration=lambda it, loss, s: seconds.append(s),
+        **extra,
     )
     return statistics.median(seconds[1:])
 

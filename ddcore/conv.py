@@ -29,7 +29,7 @@ cuDNN, bf16 autocast, inference). A backward without create_graph runs torch's o
 first-order training costs the same. TWICE_DIFFERENTIABLE = False turns it off everywhere (read at
 each call, for benchmarks). bench/ab_conv_double_backward.py --rounds 3 (2 threads, alternating):
 the op's second derivative x1.14 / 1.09 at 16 / 8, an eval epoch x1.02 / 1.00 at IPC 10 / 50, a DC
-iteration x1.08 and an MTT iteration x1.15 at IPC 10.
+iteration x1.08, an MTT iteration x1.15 and a D3 iteration x1.08 at IPC 10.
 """
 
 from __future__ import annotations

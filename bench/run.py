@@ -910,6 +910,7 @@ def plot(rows: list[dict], s: Settings, label: str) -> Path:
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xlim(min(s.ipcs) / 1.5, max(s.ipcs) * 1.5)  # else one ipc (a subset) leaves a panel without a range
         ax.set_xticks(list(s.ipcs), [str(k) for k in s.ipcs])
         ax.minorticks_off()
         ax.set_xlabel("images per class")

@@ -239,3 +239,21 @@ def test_resume_keeps_an_earlier_runs_ok_rows_and_times_only_the_rest(tmp_path, 
     assert len(timed) == len(plan)
     with pytest.raises(SystemExit, match="--threads"):  # rows of another thread count do not compare
         bench.main([*argv[:-4], "--threads", "2", "--out", str(tmp_path), "--resume"])
+
+
+def test_plot_of_one_ipc_gives_every_panel_a_range_around_it(tmp_path):
+    """A subset run (--ipcs 10, two shapes) drew its second panel without an x range before."""
+    import matplotlib.pyplot as plt
+
+    s = bench.parse_settings(["--ipcs", "10", "--only", "mtt", "--tables", "main", "--out", str(tmp_path)])
+    rows = [
+        dict(table="main", status="ok", shape=shape, method="mtt", ipc=10, median_s=m, min_s=m - 0.1, max_s=m + 0.1)
+        for shape, m in (("mnist5k", 5.0), ("cifar10", 5.1))
+    ]
+    path = bench.plot(rows, s, "a CPU")
+    axes = plt.gcf().axes
+    plt.close("all")
+    assert path.exists() and len(axes) == 2
+    for ax in axes:
+        lo, hi = ax.get_xlim()
+        assert lo < 10 < hi and hi / lo > 2

@@ -33,11 +33,11 @@ VARIANTS = {
 
 def worker(fuse: bool, threads: int) -> dict:
     import torch
+    from abtiming import iteration_seconds
 
     import ddcore.models
     from ddcore.augment import dsa_for
     from ddcore.data import load_dataset
-    from ddcore.distill import distill
     from ddcore.distill.common import Run, fresh_net, init_synthetic
     from ddcore.models import ModelConfig
     from ddcore.train import TrainConfig, train_network
@@ -57,18 +57,7 @@ def worker(fuse: bool, threads: int) -> dict:
             train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
             seconds.append(time.perf_counter() - start)
         out[f"eval ipc {ipc}"] = statistics.median(seconds[1:])
-    seconds = []
-    distill(
-        "dm",
-        data,
-        10,
-        seed=0,
-        progress=False,
-        iterations=8,
-        model=ModelConfig(width=128),
-        on_iteration=lambda it, loss, s: seconds.append(s),
-    )
-    out["dm ipc 10"] = statistics.median(seconds[1:])
+    out["dm ipc 10"] = iteration_seconds("dm", data, 10, 7, model=ModelConfig(width=128))
     return out
 
 

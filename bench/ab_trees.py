@@ -19,7 +19,6 @@ gives the median over rounds and the speed-up (old / new: above 1, this checkout
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,11 +32,10 @@ def worker(a: dict) -> float:
     """Seconds of one workload, run with the ddcore package in a['tree']."""
     sys.path.insert(0, a["tree"])
     import torch
-    from abtiming import median_seconds, mtt_iteration, student_epoch
+    from abtiming import iteration_seconds, median_seconds, mtt_iteration, student_epoch
 
     import ddcore
     from ddcore.data import load_dataset
-    from ddcore.distill import distill
     from ddcore.models import ModelConfig
 
     assert Path(ddcore.__file__).resolve().is_relative_to(Path(a["tree"]).resolve()), ddcore.__file__
@@ -47,22 +45,11 @@ def worker(a: dict) -> float:
         return median_seconds(student_epoch(data, int(work.split()[-1])), repeats)
     if work.startswith("mtt"):
         return mtt_iteration(data, a["experts"], repeats)
-    seconds = []
     options = dict(batch_real=256, model=ModelConfig(width=128), dsa=True)
     if work.startswith("dc"):
         options.update(outer_loop=2, inner_loop=50)
         repeats = 2
-    distill(
-        work.split()[0],
-        data,
-        10,
-        seed=0,
-        progress=False,
-        iterations=1 + repeats,
-        on_iteration=lambda it, loss, s: seconds.append(s),
-        **options,
-    )
-    return statistics.median(seconds[1:])
+    return iteration_seconds(work.split()[0], data, 10, repeats, **options)
 
 
 def timed(tree: str, work: str, args, experts: str) -> float:

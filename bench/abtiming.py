@@ -47,53 +47,51 @@ def student_epoch(data, ipc: int, prepare_net=None, prepare_images=None):
     return lambda: train_network(net, images, labels, TrainConfig(epochs=1), dsa_for(data.name), gen)
 
 
-def mtt_iteration(data, expert_dir: str, repeats: int, accel=None, method: str = "mtt") -> float:
-    """Median seconds of `repeats` MTT iterations after a warm-up one, at IPC 10 (MTTConfig() defaults,
-    DSA, one 4-epoch width-128 expert trained into expert_dir on the first call), with `accel`.
-    method="d3": D3 iterations instead (D3Config() defaults, hard labels), matching the same expert."""
-    extra = {"soft_labels": False} if method == "d3" else {}
-    from ddcore.distill import distill
-    from ddcore.experts import ExpertConfig
-    from ddcore.models import ModelConfig
+def iteration_seconds(method: str, data, ipc: int, repeats: int, **options) -> float:
+    """Median seconds of `repeats` iterations of distill(method, data, ipc, seed=0, **options) after a
+    warm-up one, as the method's own loop reports them."""
+    from ddcore.distill import distill  # here, not at import: conv_rate.py needs only the timer
 
     seconds = []
     distill(
         method,
         data,
-        10,
+        ipc,
         seed=0,
         progress=False,
         iterations=1 + repeats,
+        on_iteration=lambda it, loss, s: seconds.append(s),
+        **options,
+    )
+    return statistics.median(seconds[1:])
+
+
+def mtt_iteration(data, expert_dir: str, repeats: int, accel=None, method: str = "mtt") -> float:
+    """Median seconds of `repeats` MTT iterations after a warm-up one, at IPC 10 (MTTConfig() defaults,
+    DSA, one 4-epoch width-128 expert trained into expert_dir on the first call), with `accel`.
+    method="d3": D3 iterations instead (D3Config() defaults, hard labels), matching the same expert."""
+    from ddcore.experts import ExpertConfig
+    from ddcore.models import ModelConfig
+
+    return iteration_seconds(
+        method,
+        data,
+        10,
+        repeats,
         dsa=True,
         experts=ExpertConfig(num_experts=1, epochs=4, model=ModelConfig(width=128)),
         experts_dir=expert_dir,
         max_start_epoch=2,
         expert_epochs=2,
         accel=accel,
-        on_iteration=lambda it, loss, s: seconds.append(s),
-        **extra,
+        **({"soft_labels": False} if method == "d3" else {}),
     )
-    return statistics.median(seconds[1:])
 
 
 def dc_iteration(data, repeats: int, ipc: int = 10, outer_loop: int = 2) -> float:
     """Median seconds of `repeats` DC iterations after a warm-up one (DCConfig() defaults, DSA, ConvNet-3
     width 128) of `outer_loop` outer steps, each with the reference's inner loop at `ipc`."""
-    from ddcore.distill import distill
-
-    seconds = []
-    distill(
-        "dc",
-        data,
-        ipc,
-        seed=0,
-        progress=False,
-        iterations=1 + repeats,
-        dsa=True,
-        outer_loop=outer_loop,
-        on_iteration=lambda it, loss, s: seconds.append(s),
-    )
-    return statistics.median(seconds[1:])
+    return iteration_seconds("dc", data, ipc, repeats, dsa=True, outer_loop=outer_loop)
 
 
 def ab_parser(description: str, repeats: int = 5) -> argparse.ArgumentParser:
